@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup-env: installing Python requirements into $VENV" >&2
-    "$VENV/bin/pip" install -q --upgrade pip >&2
+    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel "pbr>=5.8.0" >&2
     "$VENV/bin/pip" install -q -r "$TOP/requirements.txt" -r "$TOP/test-requirements.txt" >&2
     PBR_VERSION=${PBR_VERSION:-0.1.0} "$VENV/bin/pip" install -q --no-build-isolation -e "$TOP" >&2
     echo "$want" >"$stamp"
