@@ -1,0 +1,165 @@
+"""Read a tenant's image archive: ``open_image(path)`` gives the selected
+image's :class:`~docker_rootfs.config.ContainerConfig`, its layers, and
+``flatten(out)`` writing the merged root filesystem as one PAX tar.
+
+Every blob is verified while it streams by: config digest, layer blob
+digests and sizes, and each layer's uncompressed diff_id.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import tarfile
+
+from docker_rootfs import errors
+from docker_rootfs.archive import layouts, streams
+from docker_rootfs.archive.outer import OuterArchive
+from docker_rootfs.config import ContainerConfig
+from docker_rootfs.flatten import Flattener
+from docker_rootfs.limits import Limits
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Layer:
+    index: int
+    path: str
+    media_type: str
+    digest: str | None
+    diff_id: str
+    size: int
+    compression: str = ""   # known after the first read
+
+    def describe(self):
+        return (self.digest or self.diff_id)[:19]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+class LayerReader:
+    """Streams one layer's tar members, verifying digests at the end."""
+
+    def __init__(self, image, layer):
+        self.image = image
+        self.layer = layer
+
+    def describe(self):
+        return self.layer.describe()
+
+    @contextlib.contextmanager
+    def members(self, budget):
+        img, layer = self.image, self.layer
+        what = f"layer {layer.index + 1} ({layer.describe()})"
+        blob = streams.DigestReader(img.outer.open(layer.path), what, layer.digest, layer.size)
+        head = blob.read(8)
+        comp = streams.sniff_compression(head)
+        declared = layouts.LAYER_MEDIA_TYPES.get(layer.media_type, "any")
+        if declared not in ("any", comp):
+            raise errors.UnsupportedMediaType(
+                f"{what}: media type {layer.media_type} says {declared} but the blob is {comp}")
+        layer.compression = comp
+        body = streams.PrefixedReader(head, blob)
+        data = streams.LimitedReader(
+            streams.DecompressErrors(streams.decompressor(comp, body), what),
+            "max_total_bytes", img.limits.max_total_bytes, "all layers",
+            source=blob if comp != "none" else None,
+            max_ratio=img.limits.max_compression_ratio, used=budget.used)
+        diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)", layer.diff_id)
+        try:
+            yield self._iterate(diff, what, empty=not head)
+            diff.drain()
+            blob.drain()
+        except (tarfile.TarError, EOFError) as exc:
+            raise errors.ArchiveError(f"{what}: truncated or corrupt tar: {exc}") from None
+        finally:
+            budget.used = data.count
+        blob.verify()
+        diff.verify()
+
+    @staticmethod
+    def _iterate(stream, what, empty):
+        if empty:
+            return
+        tf = tarfile.open(fileobj=stream, mode="r|", bufsize=streams.CHUNK,
+                          encoding="utf-8", errors="surrogateescape")
+        ordinal = 0
+        while True:
+            m = tf.next()
+            if m is None:
+                break
+            tf.members.clear()   # stream mode would keep every header otherwise
+            yield ordinal, m, tf
+            ordinal += 1
+
+
+class Image:
+    def __init__(self, outer, candidate, layout, limits):
+        self.outer = outer
+        self.limits = limits
+        self.layout = layout
+        self.candidate = candidate
+        self.config_document = outer.read_json(
+            candidate.config_path, "image config", digest=candidate.config_digest,
+            size=candidate.config_size)
+        config_digest = candidate.config_digest or "sha256:" + hashlib.sha256(
+            outer.read_bytes(candidate.config_path, "image config")).hexdigest()
+        self.config = ContainerConfig.from_image_config(
+            self.config_document, config_digest=config_digest, repo_tags=candidate.tags)
+        self.layers = self._layers()
+
+    def _layers(self):
+        rootfs = self.config_document.get("rootfs")
+        if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" \
+                or not isinstance(rootfs.get("diff_ids"), list):
+            raise errors.ArchiveError("image config has no rootfs.diff_ids list")
+        diff_ids = rootfs["diff_ids"]
+        refs = self.candidate.layers
+        if len(refs) > self.limits.max_layers:
+            raise errors.LimitExceeded("max_layers", len(refs), self.limits.max_layers)
+        if len(diff_ids) != len(refs):
+            raise errors.ArchiveError(
+                f"image config lists {len(diff_ids)} diff_ids but the manifest {len(refs)} layers")
+        layers = []
+        for i, (ref, diff_id) in enumerate(zip(refs, diff_ids)):
+            if not isinstance(diff_id, str) or not layouts._DIGEST.match(diff_id):
+                raise errors.ArchiveError(f"image config diff_id {i} is malformed: {diff_id!r}")
+            real = self.outer.resolve(ref.path)
+            if real is None:
+                foreign = "foreign" in ref.media_type or "nondistributable" in ref.media_type
+                raise errors.ArchiveError(
+                    f"layer {i + 1} ({(ref.digest or diff_id)[:19]}): blob {ref.path} is missing "
+                    "from the archive" + (" (a foreign layer, not shipped in archives)" if foreign else ""))
+            layers.append(Layer(index=i, path=real, media_type=ref.media_type, digest=ref.digest,
+                                diff_id=diff_id, size=self.outer.size(real)
+                                if ref.size is None else ref.size))
+        return layers
+
+    def readers(self):
+        return [LayerReader(self, layer) for layer in self.layers]
+
+    def flatten(self, out, progress=None):
+        """Write the merged root filesystem to ``out`` (binary file object)
+        as one PAX tar; returns the in-memory tree (for statistics)."""
+        return Flattener(self.readers(), self.limits, progress).write(out)
+
+    def summary(self):
+        return {"config": self.config.to_dict(), "layout": self.layout,
+                "manifest_digest": self.candidate.manifest_digest,
+                "layers": [layer.to_dict() for layer in self.layers]}
+
+
+@contextlib.contextmanager
+def open_image(path, limits=None, image=None, platform=None, tmpdir=None):
+    """Open a ``docker save`` or OCI archive and select one image in it."""
+    limits = limits or Limits()
+    outer = OuterArchive(path, limits, tmpdir=tmpdir)
+    try:
+        candidates, layout = layouts.find_candidates(outer)
+        chosen = layouts.select(candidates, image=image, platform=platform)
+        LOG.info("selected image %s from %s (%s layout)", chosen.describe(), path, layout)
+        yield Image(outer, chosen, layout, limits)
+    finally:
+        outer.close()

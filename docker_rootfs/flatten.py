@@ -1,0 +1,362 @@
+"""Apply image layers in order and write the merged tree as one PAX tar.
+
+The layers are read twice, never unpacked to disk:
+
+1. metadata pass: every layer's entries are applied to an in-memory tree
+   (no file contents) with the OCI/Docker rules: ``.wh.NAME`` whiteouts,
+   ``.wh..wh..opq`` opaque directories, type replacement, hard links
+   (also to lower-layer files, surviving deletion of the original), and
+   parent paths resolved through symlinks *inside* the image root, as
+   Docker does for merged-``/usr`` trees.
+2. content pass: non-regular entries are written first (directories
+   parents-first), then each layer still holding final file contents is
+   read again and those files are copied, each followed by its hard links.
+
+Nothing here touches the host filesystem: paths are only names in the
+tree, so no tenant path, symlink or hard link can reach outside it.
+Memory is bounded by the number of entries, not by their size.
+"""
+
+import logging
+import tarfile
+
+from docker_rootfs import errors
+from docker_rootfs.limits import MAX_SYMLINK_HOPS
+
+LOG = logging.getLogger(__name__)
+
+DIR, REG, SYM, CHR, BLK, FIFO = "dir", "reg", "sym", "chr", "blk", "fifo"
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+COPY_CHUNK = 1024 * 1024
+
+
+class Inode:
+    __slots__ = ("kind", "mode", "uid", "gid", "uname", "gname", "mtime", "size",
+                 "linkname", "devmajor", "devminor", "xattrs", "src", "children")
+
+    def __init__(self, kind, mode=0o755, uid=0, gid=0, uname="", gname="", mtime=0,
+                 size=0, linkname="", devmajor=0, devminor=0, xattrs=None, src=None):
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.uname = uname
+        self.gname = gname
+        self.mtime = mtime
+        self.size = size
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.xattrs = xattrs
+        self.src = src
+        self.children = {} if kind == DIR else None
+
+    @classmethod
+    def from_member(cls, m, src):
+        if m.isreg():
+            kind = REG
+        elif m.isdir():
+            kind = DIR
+        elif m.issym():
+            kind = SYM
+        elif m.ischr():
+            kind = CHR
+        elif m.isblk():
+            kind = BLK
+        elif m.isfifo():
+            kind = FIFO
+        else:
+            return None
+        xattrs = {k: v for k, v in m.pax_headers.items() if k.startswith(XATTR_PREFIXES)} or None
+        return cls(kind, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid, uname=m.uname,
+                   gname=m.gname, mtime=m.mtime, size=m.size if kind == REG else 0,
+                   linkname=m.linkname if kind == SYM else "",
+                   devmajor=m.devmajor, devminor=m.devminor, xattrs=xattrs,
+                   src=src if kind == REG else None)
+
+    def take_metadata(self, other):
+        for attr in ("mode", "uid", "gid", "uname", "gname", "mtime", "xattrs"):
+            setattr(self, attr, getattr(other, attr))
+
+
+def split_path(name, limits, what):
+    """Entry name -> list of components inside the root.
+
+    Leading ``/`` and ``./`` are neutralised (paths are image-root relative,
+    as Docker treats them); a ``..`` that would climb above the root is an
+    :class:`UnsafeEntry`, as Docker's breakout check makes it.
+    """
+    if len(name.encode("utf-8", "surrogateescape")) > limits.max_path_length:
+        raise errors.LimitExceeded("max_path_length", len(name), limits.max_path_length, what)
+    parts = []
+    for p in name.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if not parts:
+                raise errors.UnsafeEntry(f"{what}: path {name!r} climbs out of the image root")
+            parts.pop()
+            continue
+        parts.append(p)
+    if len(parts) > limits.max_path_depth:
+        raise errors.LimitExceeded("max_path_depth", len(parts), limits.max_path_depth, what)
+    return parts
+
+
+class Tree:
+    """The merged filesystem tree (metadata only)."""
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.root = Inode(DIR, mode=0o755)
+        self.entries = 0
+
+    # -- path resolution inside the root ------------------------------------
+    def resolve_dir(self, parts, what, create_mtime=None, added=None):
+        """Walk ``parts`` from the root following symlinks inside the root.
+
+        ``..`` in symlink targets stops at the root (as in a chroot).
+        Missing directories are created (0755, as Docker's MkdirAll) when
+        ``create_mtime`` is given, else None is returned.
+        Returns (directory inode, resolved path tuple).
+        """
+        stack = list(reversed(parts))
+        inodes = [self.root]
+        path = []
+        hops = 0
+        while stack:
+            c = stack.pop()
+            if c in ("", "."):
+                continue
+            if c == "..":
+                if path:
+                    path.pop()
+                    inodes.pop()
+                continue
+            node = inodes[-1].children.get(c)
+            if node is None:
+                if create_mtime is None:
+                    return None, None
+                node = Inode(DIR, mode=0o755, mtime=create_mtime)
+                inodes[-1].children[c] = node
+                if added is not None:
+                    added.add(tuple(path) + (c,))
+            if node.kind == SYM:
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise errors.UnsafeEntry(f"{what}: too many levels of symbolic links")
+                if node.linkname.startswith("/"):
+                    inodes, path = [self.root], []
+                stack.extend(reversed(node.linkname.split("/")))
+                continue
+            if node.kind != DIR:
+                raise errors.ArchiveError(
+                    f"{what}: parent {'/'.join(path + [c])} is not a directory")
+            path.append(c)
+            inodes.append(node)
+        return inodes[-1], tuple(path)
+
+    # -- applying one layer -------------------------------------------------------
+    def apply_member(self, m, src, what, added):
+        """Apply one tar member of the current layer; ``added`` collects the
+        resolved paths this layer created (for whiteout/opaque rules)."""
+        parts = split_path(m.name, self.limits, what)
+        if not parts:
+            if m.isdir():
+                self.root.take_metadata(Inode.from_member(m, None))
+                return
+            raise errors.UnsafeEntry(f"{what}: entry {m.name!r} would replace the image root")
+        *parent_parts, name = parts
+        mtime = m.mtime if isinstance(m.mtime, int) else int(m.mtime)
+        parent, ppath = self.resolve_dir(parent_parts, what, create_mtime=mtime, added=added)
+        if name.startswith(WHITEOUT):
+            self._whiteout(parent, ppath, name, added)
+            return
+        path = ppath + (name,)
+        existing = parent.children.get(name)
+        if m.islnk():
+            if len(m.linkname.encode("utf-8", "surrogateescape")) > self.limits.max_path_length:
+                raise errors.LimitExceeded("max_path_length", len(m.linkname),
+                                           self.limits.max_path_length, what)
+            target = self._link_target(m.linkname, what)
+            if target is not existing:
+                parent.children[name] = target
+            added.add(path)
+            return
+        if m.issym() and len(m.linkname.encode("utf-8", "surrogateescape")) > self.limits.max_path_length:
+            raise errors.LimitExceeded("max_path_length", len(m.linkname),
+                                       self.limits.max_path_length, what)
+        node = Inode.from_member(m, src)
+        if node is None:
+            LOG.warning("%s: skipping entry %r of unsupported tar type %r", what, m.name, m.type)
+            return
+        if node.kind == DIR and existing is not None and existing.kind == DIR:
+            existing.take_metadata(node)   # directories merge
+        else:
+            parent.children[name] = node   # anything else replaces (a dir with its subtree)
+        added.add(path)
+
+    def _link_target(self, linkname, what):
+        parts = split_path(linkname, self.limits, what)
+        if not parts:
+            raise errors.UnsafeEntry(f"{what}: hard link to the image root")
+        parent, _ = self.resolve_dir(parts[:-1], what)
+        target = parent.children.get(parts[-1]) if parent is not None else None
+        if target is None:
+            raise errors.ArchiveError(f"{what}: hard link target {linkname!r} does not exist")
+        if target.kind == DIR:
+            raise errors.UnsafeEntry(f"{what}: hard link to directory {linkname!r}")
+        return target
+
+    def _whiteout(self, parent, ppath, name, added):
+        if name == OPAQUE:
+            self._make_opaque(parent, ppath, added)
+            return
+        if name.startswith(WHITEOUT + WHITEOUT):
+            return  # other AUFS metadata (.wh..wh.plnk, ...): not content
+        victim = name[len(WHITEOUT):]
+        # Whiteouts hide lower layers only (OCI image spec): a path this
+        # layer itself created stays.
+        if ppath + (victim,) not in added:
+            parent.children.pop(victim, None)
+
+    def _make_opaque(self, directory, dpath, added):
+        for child_name in list(directory.children):
+            cpath = dpath + (child_name,)
+            if cpath not in added:
+                del directory.children[child_name]
+            elif directory.children[child_name].kind == DIR:
+                self._make_opaque(directory.children[child_name], cpath, added)
+
+    # -- walking the result ---------------------------------------------------------
+    def walk(self):
+        """Yield (path, inode) depth-first, children sorted by name, root first as '.'."""
+        yield ".", self.root
+        stack = [("", self.root)]
+        while stack:
+            prefix, d = stack.pop()
+            subdirs = []
+            for name in sorted(d.children):
+                node = d.children[name]
+                path = prefix + name
+                yield path, node
+                if node.kind == DIR:
+                    subdirs.append((path + "/", node))
+            stack.extend(reversed(subdirs))
+
+
+def _tarinfo(path, node):
+    ti = tarfile.TarInfo(path)
+    ti.mode = node.mode
+    ti.uid, ti.gid = node.uid, node.gid
+    ti.uname, ti.gname = node.uname, node.gname
+    ti.mtime = node.mtime
+    ti.type = {DIR: tarfile.DIRTYPE, REG: tarfile.REGTYPE, SYM: tarfile.SYMTYPE,
+               CHR: tarfile.CHRTYPE, BLK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}[node.kind]
+    if node.kind == SYM:
+        ti.linkname = node.linkname
+    if node.kind in (CHR, BLK):
+        ti.devmajor, ti.devminor = node.devmajor, node.devminor
+    if node.kind == REG:
+        ti.size = node.size
+    if node.xattrs:
+        ti.pax_headers = dict(node.xattrs)
+    return ti
+
+
+def _hardlink(path, primary, node):
+    ti = _tarinfo(path, node)
+    ti.type = tarfile.LNKTYPE
+    ti.linkname = primary
+    ti.size = 0
+    return ti
+
+
+class ByteBudget:
+    """Uncompressed bytes read so far in one pass over all layers."""
+
+    def __init__(self):
+        self.used = 0
+
+
+class Flattener:
+    """Merge ``layers`` (objects with ``describe()`` and ``members()``, a
+    context manager taking a :class:`ByteBudget` and yielding
+    ``(ordinal, TarInfo, TarFile)`` in order) into
+    a PAX tar written to ``out``."""
+
+    def __init__(self, layers, limits, progress=None):
+        self.layers = layers
+        self.limits = limits
+        self.progress = progress or (lambda fraction, message: None)
+        self.tree = Tree(limits)
+
+    def build_tree(self):
+        count = 0
+        n = len(self.layers)
+        budget = ByteBudget()
+        for i, layer in enumerate(self.layers):
+            self.progress(i / n / 2, f"reading layer {i + 1}/{n}")
+            added = set()
+            with layer.members(budget) as members:
+                for ordinal, m, _ in members:
+                    count += 1
+                    if count > self.limits.max_entries:
+                        raise errors.LimitExceeded("max_entries", count, self.limits.max_entries,
+                                                   "all layers")
+                    what = f"layer {i + 1} ({layer.describe()})"
+                    if m.isreg() and m.size > self.limits.max_file_size:
+                        raise errors.LimitExceeded("max_file_size", m.size,
+                                                   self.limits.max_file_size,
+                                                   f"{what} entry {m.name!r}")
+                    self.tree.apply_member(m, (i, ordinal), what, added)
+        self.tree.entries = count
+        return self.tree
+
+    def write(self, out):
+        tree = self.build_tree()
+        primary = {}          # id(inode) -> first path written (or planned) for it
+        later = {}            # id(inode) -> [extra paths] for regular files
+        by_layer = {}         # layer index -> {ordinal: (path, inode)}
+        tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_CHUNK,
+                          bufsize=COPY_CHUNK, encoding="utf-8", errors="surrogateescape")
+        # Pass A: everything without content, parents before children.
+        for path, node in tree.walk():
+            key = id(node)
+            if key in primary:
+                if node.kind == REG and node.size:
+                    later[key].append(path)
+                else:
+                    tf.addfile(_hardlink(path, primary[key], node))
+                continue
+            primary[key] = path
+            if node.kind == REG and node.size:
+                later[key] = []
+                layer, ordinal = node.src
+                by_layer.setdefault(layer, {})[ordinal] = (path, node)
+            else:
+                tf.addfile(_tarinfo(path, node))
+        # Pass B: file contents, layer by layer, each file followed by its links.
+        n = len(self.layers)
+        budget = ByteBudget()
+        for i in sorted(by_layer):
+            wanted = by_layer[i]
+            layer = self.layers[i]
+            self.progress(0.5 + i / n / 2, f"copying files of layer {i + 1}/{n}")
+            with layer.members(budget) as members:
+                for ordinal, m, src_tf in members:
+                    item = wanted.get(ordinal)
+                    if item is None:
+                        continue
+                    path, node = item
+                    if not m.isreg() or m.size != node.size:
+                        raise errors.ArchiveError(
+                            f"layer {i + 1} ({layer.describe()}) changed between reads")
+                    tf.addfile(_tarinfo(path, node), src_tf.extractfile(m))
+                    for link in later[id(node)]:
+                        tf.addfile(_hardlink(link, path, node))
+        tf.close()
+        self.progress(1.0, "done")
+        return tree
