@@ -1,0 +1,61 @@
+"""Options of the docker_convert import plugin, group ``[docker_convert]``.
+
+Set them in ``glance-image-import.conf``. The archive limits shared with
+the rest of docker2vm live in ``[docker_limits]`` (see
+:mod:`docker_rootfs.opts`); both groups are in the generated sample
+``etc/glance-image-import.conf.d/docker-convert.conf.sample``.
+"""
+
+from oslo_config import cfg
+
+GROUP = "docker_convert"
+
+convert_opts = [
+    cfg.StrOpt(
+        "default_delivery", default="disk", choices=("disk", "share"),
+        help="How an imported image is delivered to the guest when the "
+             "image has no docker_delivery property: 'disk' converts the "
+             "archive into an ext4 root filesystem in a qcow2 disk; 'share' "
+             "keeps it as a validated archive for the 9p/virtiofs approach."),
+    cfg.ListOpt(
+        "allowed_deliveries", default=["disk", "share"],
+        item_type=cfg.types.String(choices=("disk", "share")),
+        help="docker_delivery values tenants may ask for."),
+    cfg.BoolOpt(
+        "normalize_share", default=True,
+        help="For docker_delivery=share, store a docker-archive holding one "
+             "flattened layer (whiteouts applied, hostile entries refused) "
+             "instead of the archive as uploaded, so compute hosts only "
+             "copy one layer out."),
+    cfg.StrOpt(
+        "temp_dir", default=None,
+        help="Directory for intermediate files (flattened tree, disk "
+             "image). Default: Glance's staging directory, whose cleaner "
+             "reaps leftovers named <image_id>.<suffix> at glance-api "
+             "start-up. Needs about twice the uncompressed image size free."),
+    cfg.StrOpt(
+        "platform", default=None,
+        help="os/arch[/variant] picked from a multi-platform OCI archive "
+             "when the upload holds several images. Default: the only "
+             "image, or an error naming the choices."),
+    cfg.IntOpt(
+        "progress_interval", default=20, min=1, max=1800,
+        help="Seconds between saves of the import task's progress message. "
+             "Each save also refreshes the task, so Glance never treats a "
+             "long conversion's 60-minute import lock as stale."),
+]
+
+
+def register_opts(conf):
+    from docker_rootfs import opts as core_opts
+    conf.register_opts(convert_opts, group=GROUP)
+    try:
+        core_opts.register_opts(conf)
+    except cfg.DuplicateOptError:
+        pass
+
+
+def list_opts():
+    """oslo-config-generator entry point (namespace docker2vm.glance)."""
+    from docker_rootfs import opts as core_opts
+    return [(GROUP, convert_opts)] + core_opts.list_opts()
