@@ -142,6 +142,7 @@ class Tree:
                 node = Inode(DIR, mode=0o755, mtime=create_mtime)
                 inodes[-1].children[c] = node
                 if added is not None:
+                    added.update(tuple(path[:i]) for i in range(1, len(path) + 1))
                     added.add(tuple(path) + (c,))
             if node.kind == SYM:
                 hops += 1
@@ -175,6 +176,11 @@ class Tree:
             self._whiteout(parent, ppath, name, added)
             return
         path = ppath + (name,)
+        # This layer's entries, and the directories holding them, are never
+        # hidden by this layer's own whiteouts (OCI image spec), whatever
+        # the order of the entries.
+        for i in range(1, len(ppath) + 1):
+            added.add(ppath[:i])
         existing = parent.children.get(name)
         if m.islnk():
             if len(m.linkname.encode("utf-8", "surrogateescape")) > self.limits.max_path_length:

@@ -80,6 +80,7 @@ class OuterArchive:
         count = 0
         try:
             with os.fdopen(os.dup(self._fd), "rb") as f:
+                f.seek(0)  # a dup shares the offset the decompression left at the end
                 tf = tarfile.open(fileobj=f, mode="r:")
                 for m in iter(tf.next, None):
                     count += 1
