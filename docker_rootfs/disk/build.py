@@ -1,0 +1,278 @@
+"""The driver: flattened tar -> ext4 -> qcow2 (or raw), whatever the builder.
+
+``build_disk(source, output, options)`` where ``source`` is either the path
+of a flattened PAX tar or a callable ``writer(fileobj)`` producing one (e.g.
+``img.flatten``); a callable's stream is spooled to the temporary directory
+first (sizing needs the totals before mke2fs runs).
+
+Everything temporary lives in one private directory under
+``options.tmp_dir``, created mode 0700 and removed on success, failure,
+``KeyboardInterrupt`` or ``SystemExit`` (the CLI turns SIGTERM into one).
+"""
+
+import calendar
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+from docker_rootfs import errors
+from docker_rootfs.disk import base, builders, sizing, tarscan
+from docker_rootfs.disk.options import DiskOptions
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1024 ** 2
+# Namespace of the UUIDs derived from an image digest (uuid5).
+UUID_NAMESPACE = uuid.UUID("4c1bd4f4-5a8a-4b9e-9a55-6f0c2d2f7d10")
+MAX_GROW_RETRIES = 3
+
+
+@dataclasses.dataclass
+class DiskResult:
+    path: str
+    disk_format: str
+    builder: str
+    virtual_size: int        # bytes (the filesystem size)
+    file_size: int           # bytes of the produced file
+    fs_uuid: str
+    label: str
+    inodes: int
+    fixed_time: int
+    seed: str                # what the UUID and hash seed were derived from
+    timings: dict
+
+
+def derive_ids(seed):
+    """(filesystem UUID, directory hash seed) from an image digest."""
+    return (str(uuid.uuid5(UUID_NAMESPACE, seed + "|fs-uuid")),
+            str(uuid.uuid5(UUID_NAMESPACE, seed + "|hash-seed")))
+
+
+def fixed_time_for(created=None, stats=None):
+    """SOURCE_DATE_EPOCH, else the image's creation time, else its newest mtime."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        try:
+            return int(sde)
+        except ValueError:
+            raise errors.Docker2VMError(f"SOURCE_DATE_EPOCH is not an integer: {sde!r}") from None
+    if created:
+        t = parse_rfc3339(created)
+        if t is not None:
+            return t
+    return stats.max_mtime if stats else 0
+
+
+def parse_rfc3339(text):
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$",
+                 text.strip())
+    if not m:
+        return None
+    y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
+    t = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+    tz = m.group(8)
+    if tz and tz not in ("Z", "z"):
+        sign = 1 if tz[0] == "+" else -1
+        t -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return max(0, t)
+
+
+def check_free_space(directory, needed, what):
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise errors.ToolError(f"cannot use {what} {directory}: {exc.strerror}") from None
+    if free < needed:
+        raise errors.LimitExceeded(f"free space in {what} {directory}", f"{needed // MiB} MiB",
+                                   f"{free // MiB} MiB available")
+
+
+def _spool(writer, path, want_hash):
+    h = hashlib.sha256() if want_hash else None
+
+    class _Tee:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            if h:
+                h.update(b)
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    with open(path, "wb") as f:
+        writer(_Tee(f))
+    return h.hexdigest() if h else ""
+
+
+def build_disk(source, output, options=None, digest=None, created=None, progress=None,
+               max_entries=None):
+    """Build the rootfs disk for a flattened tree; return a :class:`DiskResult`."""
+    options = options or DiskOptions()
+    progress = progress or (lambda fraction, message: None)
+    timings = {}
+    t0 = time.monotonic()
+    builder_cls = builders.choose(options.builder)
+    tmp_parent = options.tmp_dir or tempfile.gettempdir()
+    if not os.path.isdir(tmp_parent):
+        raise errors.Docker2VMError(f"temporary directory {tmp_parent} does not exist")
+    out_dir = os.path.dirname(os.path.abspath(output)) or "."
+    work = tempfile.mkdtemp(prefix="docker2vm-disk-", dir=tmp_parent)
+    partial = None
+    try:
+        # 1. The tar, as a file we can pread.
+        seed_hash = ""
+        if callable(source):
+            progress(0.0, "flattening")
+            tar_path = os.path.join(work, "rootfs.tar")
+            seed_hash = _spool(source, tar_path, want_hash=not digest)
+            timings["flatten"] = time.monotonic() - t0
+        else:
+            tar_path = source
+        # 2. Scan and size.
+        t = time.monotonic()
+        progress(0.0, "scanning")
+        entries, stats = tarscan.scan(tar_path, max_entries=max_entries,
+                                      want_sha256=not digest and not seed_hash)
+        seed = digest or ("sha256:" + (seed_hash or stats.sha256))
+        geometry = sizing.compute(stats, options)
+        timings["scan"] = time.monotonic() - t
+        fs_uuid, hash_seed = derive_ids(seed)
+        fixed_time = fixed_time_for(created, stats)
+        # Raw image: allocated space ~ content + metadata; the qcow2 is at most that.
+        need = geometry.content_bytes + geometry.journal_blocks * 4096 + 64 * MiB
+        check_free_space(work, need, "temporary directory")
+        if options.disk_format == "qcow2":
+            check_free_space(out_dir, geometry.content_bytes + 16 * MiB, "output directory")
+        # 3. Build, growing on ENOSPC unless the size was fixed.
+        if options.disk_format == "raw":
+            fd, raw_path = tempfile.mkstemp(prefix=".docker2vm-", suffix=".raw", dir=out_dir)
+            os.close(fd)
+            partial = raw_path
+        else:
+            raw_path = os.path.join(work, "rootfs.raw")
+        builder = builder_cls()
+        t = time.monotonic()
+        for attempt in range(MAX_GROW_RETRIES + 1):
+            _fresh_file(raw_path, geometry.size_bytes)
+            job = base.BuildJob(tar_path=tar_path, entries=entries, stats=stats,
+                                geometry=geometry, options=options, raw_path=raw_path,
+                                work_dir=work, fs_uuid=fs_uuid, hash_seed=hash_seed,
+                                fixed_time=fixed_time,
+                                progress=lambda f, m: progress(f, m))
+            try:
+                builder.build(job)
+                break
+            except errors.ToolError as exc:
+                if not _is_no_space(exc) or options.size_mib or attempt == MAX_GROW_RETRIES:
+                    if _is_no_space(exc):
+                        raise errors.LimitExceeded(
+                            "filesystem size", "content", f"{geometry.size_mib} MiB",
+                            "the image does not fit; raise size_mib") from None
+                    raise
+                LOG.warning("filesystem of %d MiB too small (%s); retrying bigger",
+                            geometry.size_mib, exc)
+                geometry = sizing.grow(geometry)
+        timings["build"] = time.monotonic() - t
+        if options.fsck:
+            t = time.monotonic()
+            progress(0.0, "checking (e2fsck -fn)")
+            fsck(raw_path)
+            timings["fsck"] = time.monotonic() - t
+        # 4. Output.
+        t = time.monotonic()
+        if options.disk_format == "raw":
+            os.chmod(raw_path, 0o644)
+            os.replace(raw_path, output)
+            partial = None
+        else:
+            fd, partial = tempfile.mkstemp(prefix=".docker2vm-", suffix=".qcow2", dir=out_dir)
+            os.close(fd)
+            qemu_img_convert(raw_path, partial, compress=options.qcow2_compress,
+                             progress=progress)
+            os.chmod(partial, 0o644)
+            os.replace(partial, output)
+            partial = None
+        timings["convert"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - t0
+        return DiskResult(path=output, disk_format=options.disk_format,
+                          builder=builder_cls.name, virtual_size=geometry.size_bytes,
+                          file_size=os.stat(output).st_size, fs_uuid=fs_uuid,
+                          label=options.label, inodes=geometry.inodes,
+                          fixed_time=fixed_time, seed=seed, timings=timings)
+    finally:
+        if partial:
+            _unlink(partial)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_no_space(exc):
+    from docker_rootfs.disk import ext2fs_lib
+    if isinstance(exc, ext2fs_lib.NoSpace):
+        return True
+    text = str(exc).lower()
+    return "no space" in text or "could not allocate" in text or "not enough space" in text
+
+
+def _fresh_file(path, size):
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fsck(raw_path):
+    """``e2fsck -fn``: raise ToolError unless the filesystem is clean."""
+    e2fsck = base.need_tool("e2fsck", "e2fsprogs")
+    proc = subprocess.run([e2fsck, "-fn", raw_path], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env={**os.environ, "LC_ALL": "C"})
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
+        LOG.error("e2fsck output:\n%s", "\n".join(lines[-40:]))
+        raise errors.ToolError(
+            f"built filesystem is not clean (e2fsck exit {proc.returncode}): "
+            f"{lines[2] if len(lines) > 2 else ''}".strip())
+
+
+def qemu_img_convert(raw_path, out_path, compress=False, progress=None):
+    qemu_img = base.need_tool("qemu-img", "qemu-utils")
+    argv = [qemu_img, "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]
+    if compress:
+        argv.append("-c")
+    if progress:
+        argv.append("-p")
+    argv += [raw_path, out_path]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        buf = b""
+        while True:
+            chunk = proc.stdout.read1(256) if hasattr(proc.stdout, "read1") else proc.stdout.read(256)
+            if not chunk:
+                break
+            buf = (buf + chunk)[-256:]
+            m = re.findall(rb"\((\d+(?:\.\d+)?)/100%\)", buf)
+            if m and progress:
+                progress(float(m[-1]) / 100, "converting to qcow2")
+        err = proc.stderr.read()
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        last = err.decode("utf-8", "replace").strip().splitlines()
+        raise errors.ToolError(f"qemu-img convert failed: {last[-1] if last else rc}")
