@@ -253,6 +253,22 @@ class Tree:
             stack.extend(reversed(subdirs))
 
 
+class CountingWriter:
+    """``write``/``tell`` for any binary sink (pipes too) for tarfile's "w:" mode."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._pos = 0
+
+    def write(self, data):
+        self._raw.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self):
+        return self._pos
+
+
 def _tarinfo(path, node):
     ti = tarfile.TarInfo(path)
     ti.mode = node.mode
@@ -326,8 +342,8 @@ class Flattener:
         primary = {}          # id(inode) -> first path written (or planned) for it
         later = {}            # id(inode) -> [extra paths] for regular files
         by_layer = {}         # layer index -> {ordinal: (path, inode)}
-        tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_CHUNK,
-                          bufsize=COPY_CHUNK, encoding="utf-8", errors="surrogateescape")
+        tf = tarfile.open(fileobj=CountingWriter(out), mode="w:", format=tarfile.PAX_FORMAT,
+                          copybufsize=COPY_CHUNK, encoding="utf-8", errors="surrogateescape")
         # Pass A: everything without content, parents before children.
         for path, node in tree.walk():
             key = id(node)

@@ -67,7 +67,10 @@ class LayerReader:
             "max_total_bytes", img.limits.max_total_bytes, "all layers",
             source=blob if comp != "none" else None,
             max_ratio=img.limits.max_compression_ratio, used=budget.used)
-        diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)", layer.diff_id)
+        # An uncompressed blob already verified under the same digest needs no second hash.
+        same = comp == "none" and layer.digest == layer.diff_id
+        diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)",
+                                    None if same else layer.diff_id)
         try:
             yield self._iterate(diff, what, empty=not head)
             diff.drain()
@@ -83,7 +86,7 @@ class LayerReader:
     def _iterate(stream, what, empty):
         if empty:
             return
-        tf = tarfile.open(fileobj=stream, mode="r|", bufsize=streams.CHUNK,
+        tf = tarfile.open(fileobj=streams.ForwardReader(stream), mode="r:",
                           encoding="utf-8", errors="surrogateescape")
         ordinal = 0
         while True:

@@ -76,12 +76,14 @@ class DigestReader:
         self._what = what
         self._digest = digest
         self._size = size
-        self._hash = hashlib.sha256()
+        # Nothing to compare with: count only (hashing is the costly part).
+        self._hash = hashlib.sha256() if digest is not None else None
         self.count = 0
 
     def read(self, n=-1):
         data = self._raw.read(n)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.count += len(data)
         return data
 
@@ -127,6 +129,37 @@ class LimitedReader:
                 raise errors.LimitExceeded("max_compression_ratio", ratio,
                                            self._max_ratio, self._what)
         return data
+
+
+class ForwardReader:
+    """A forward-only ``seek``/``tell`` over a plain stream, so ``tarfile``
+    can run in its direct ("r:") mode, which reads big members in one call
+    and skips content by seeking, instead of stream mode's buffer copies.
+    Skipped bytes are still read (and so hashed by readers below)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._pos = 0
+
+    def read(self, n=-1):
+        data = self._raw.read(n)
+        self._pos += len(data)
+        return data
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=0):
+        if whence == 1:
+            offset += self._pos
+        elif whence != 0:
+            raise OSError("ForwardReader cannot seek from the end")
+        if offset < self._pos:
+            raise OSError(f"ForwardReader cannot seek back ({offset} < {self._pos})")
+        while self._pos < offset:
+            if not self.read(min(CHUNK, offset - self._pos)):
+                break
+        return self._pos
 
 
 class ZstdReader:

@@ -48,7 +48,7 @@ class MemoryLayer:
 
     @contextlib.contextmanager
     def members(self, budget):
-        tf = tarfile.open(fileobj=io.BytesIO(self.data), mode="r|")
+        tf = tarfile.open(fileobj=io.BytesIO(self.data), mode="r:")
 
         def gen():
             for i, m in enumerate(iter(tf.next, None)):
