@@ -39,7 +39,7 @@ MODULE_GROUPS = {
     "overlay": ["overlay"],
 }
 
-KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 pci=noacpi"
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 acpi=noirq"
 
 BUSYBOX_APPLETS = None  # all of them: busybox --list
 
