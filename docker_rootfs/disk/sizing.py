@@ -11,6 +11,7 @@ default ratio) so the guest can create files in the free space too.
 import dataclasses
 import math
 
+from docker_rootfs import errors
 from docker_rootfs.disk.tarscan import BLOCK
 
 MiB = 1024 ** 2
@@ -18,6 +19,9 @@ INODE_SIZE = 256
 BLOCKS_PER_GROUP = 32768
 FREE_BYTES_PER_INODE = 16384
 RESERVED_INODES = 11          # ext4's first usable inode number
+# Smallest filesystem made whatever min_size_mib says: the smallest ext4
+# journal (1024 blocks) must stay well under half the filesystem.
+FLOOR_BYTES = 16 * MiB
 DIRENT_BLOCK_PAYLOAD = BLOCK - 12 - 12   # "." and ".." (first block) and csum tail
 
 
@@ -84,6 +88,11 @@ def compute(stats, options):
     used_inodes = stats.inodes + RESERVED_INODES + 1
     if options.size_mib:
         size = options.size_mib * MiB
+        if size < FLOOR_BYTES or size < content_bytes:
+            raise errors.LimitExceeded(
+                "size_mib", options.size_mib, "smaller than needed",
+                f"the image does not fit: needs at least "
+                f"{max(FLOOR_BYTES, content_bytes) // MiB + 1} MiB")
         free = max(0, size - content_bytes)
     else:
         free = max(options.free_space_mib * MiB,
@@ -103,7 +112,7 @@ def compute(stats, options):
         total = blocks + journal + meta
         total += total // 100            # 1% slack for allocation granularity
     size = math.ceil(total * BLOCK / MiB) * MiB
-    size = max(size, options.min_size_mib * MiB)
+    size = max(size, options.min_size_mib * MiB, FLOOR_BYTES)
     return Geometry(size, inodes, journal, content_bytes, used_inodes)
 
 
