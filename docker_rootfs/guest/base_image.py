@@ -307,8 +307,8 @@ def build_base_image(out_dir, cache_dir=None, boot_disk=False, kernel_package=No
         with open(stamp, "w") as f:
             f.write(digest)
     if boot_disk:
-        from docker_rootfs.guest import bootdisk
-        img.boot_disk = bootdisk.build_boot_disk(
-            os.path.join(out_dir, "boot.qcow2"), img.kernel, initrd, KERNEL_CMDLINE,
-            cache_dir=cache_dir)
+        # Not built yet: the qcow2 BIOS boot disk (bootloader + this kernel and
+        # initramfs) for base_vm_image= is still to do.
+        raise errors.Docker2VMError("--boot-disk is not implemented yet; use the kernel + "
+                                    "initramfs pair (direct kernel boot)")
     return img
