@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "docker_rootfs.commands.inspect",
     "docker_rootfs.commands.flatten",
     "docker_rootfs.commands.convert",
+    "docker_rootfs.commands.run",
     "docker_rootfs.guest.command",
 )
 

@@ -1,0 +1,39 @@
+"""``docker2vm run``: a real-tool archive -> rootfs disk -> base VM (TCG) ->
+the entrypoint's output and exit status, the whole Approach-2 chain
+without Nova."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+
+def d2v(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "docker_rootfs.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_image_entrypoint_and_cmd(fixture_archives, tmp_path):
+    # basic-exec: Entrypoint ["/bin/busybox","echo"], Cmd ["hello","world"], User 1000:1000
+    r = d2v("run", "--base-dir", str(tmp_path / "base"), str(fixture_archives["basic-exec"]))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hello world" in r.stdout.splitlines()
+    assert "docker2vm: exit status 0" in r.stdout
+
+
+def test_run_cmd_override_env_and_exit_status(fixture_archives, tmp_path):
+    r = d2v("run", "--base-dir", str(tmp_path / "base"), "-e", "EXTRA=x y",
+            "--entrypoint", "/bin/busybox", str(fixture_archives["basic-exec"]),
+            "sh", "-c", 'echo "[$EXTRA] [$GREETING] $(id -u):$(id -g) $(pwd)"; exit 3')
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "[x y] [hello] 1000:1000 /srv/app" in r.stdout.splitlines()
+
+
+def test_run_bad_archive_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not an archive" * 100)
+    r = d2v("run", "--base-dir", str(tmp_path / "base"), str(bad))
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("docker2vm: error:") and r.stderr.count("\n") == 1
