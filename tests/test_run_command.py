@@ -37,3 +37,19 @@ def test_run_bad_archive_is_one_line_error(tmp_path):
     r = d2v("run", "--base-dir", str(tmp_path / "base"), str(bad))
     assert r.returncode == 1
     assert r.stderr.strip().startswith("docker2vm: error:") and r.stderr.count("\n") == 1
+
+
+def test_boot_converted_disk_with_its_properties(fixture_archives, tmp_path):
+    """The Nova path without Nova: convert's disk + the property contract -> guest."""
+    archive = str(fixture_archives["basic-exec"])
+    disk = tmp_path / "rootfs.qcow2"
+    assert d2v("convert", "--no-progress", archive, "-o", str(disk)).returncode == 0
+    props = d2v("convert", "--print-properties", archive)
+    assert props.returncode == 0
+    (tmp_path / "props.json").write_text(props.stdout)
+    before = disk.read_bytes()
+    r = d2v("boot", "--base-dir", str(tmp_path / "base"), "--properties", str(tmp_path / "props.json"),
+            str(disk), "from", "properties")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "from properties" in r.stdout.splitlines()   # Entrypoint busybox echo + new Cmd
+    assert disk.read_bytes() == before                  # booted through an overlay

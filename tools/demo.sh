@@ -45,3 +45,38 @@ if docker2vm convert --help >/dev/null 2>&1; then
     step "Glance image properties the import will set"
     docker2vm convert --print-properties "$WORK/app.tar"
 fi
+
+step "A local Glance (gunicorn on 127.0.0.1) with the docker-convert plugin"
+GDIR="$WORK/glance"
+trap 'python -m glance_docker_import.devserver stop --dir "$GDIR" >/dev/null 2>&1 || true' EXIT
+eval "$(python -m glance_docker_import.devserver start --dir "$GDIR")"
+echo "Glance at $OS_IMAGE_URL"
+
+step "glance image-create-via-import --import-method docker-convert"
+start=$(date +%s%N)
+glance image-create-via-import --import-method docker-convert \
+    --container-format docker --disk-format raw \
+    --file "$WORK/app.tar" --name demo-app >"$WORK/create.txt"
+id=$(awk '$2 == "id" {print $4}' "$WORK/create.txt")
+for _ in $(seq 300); do
+    status=$(glance image-show "$id" | awk '$2 == "status" {print $4}')
+    case "$status" in active|queued|killed) break ;; esac
+    sleep 1
+done
+echo "import finished as \"$status\" in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+glance image-show "$id"
+[ "$status" = active ] || { echo "demo: import did not become active" >&2; exit 1; }
+
+step "Boot the Glance image as the Nova side would: its disk + its properties -> base VM (QEMU)"
+glance image-download --file "$WORK/from-glance.qcow2" "$id"
+qemu-img info "$WORK/from-glance.qcow2" | head -3
+python - "$id" >"$WORK/properties.json" <<'PY'
+import json, os, sys, urllib.request
+req = urllib.request.Request(os.environ["OS_IMAGE_URL"].rstrip("/") + "/v2/images/" + sys.argv[1],
+                             headers={"X-Auth-Token": os.environ["OS_AUTH_TOKEN"]})
+print(json.dumps(json.load(urllib.request.urlopen(req))))
+PY
+docker2vm boot --properties "$WORK/properties.json" "$WORK/from-glance.qcow2" \
+    'echo "$GREETING"; echo "in $(pwd) as uid $(id -u)"; ls /srv/www; exit 0'
+echo
+echo "demo: done. Everything is under $WORK"
