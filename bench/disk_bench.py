@@ -97,14 +97,20 @@ def run_ours(tar, out, work):
     return timed(argv, env=env, cwd=work)
 
 
-def fs_size_mb(tar):
+def geometry(tar):
+    """(size MB, inode count) docker2vm computes: the hand pipeline gets the same
+    (with mke2fs's default 16 KiB/inode the 1 GB image runs out of inodes)."""
     sys.path.insert(0, TOP)
     from docker_rootfs.disk import DiskOptions, sizing, tarscan
     _, stats = tarscan.scan(tar)
-    return sizing.compute(stats, DiskOptions()).size_bytes // MiB
+    g = sizing.compute(stats, DiskOptions())
+    return g.size_bytes // MiB, g.inodes
 
 
-def run_virt_make_fs(tar, out, work, size_mb):
+def run_virt_make_fs(tar, out, work, size_mb, inodes):
+    # virt-make-fs cannot set the inode count; mkfs's default is one inode per
+    # 16 KiB, so give it a disk big enough for the image's inodes.
+    size_mb = max(size_mb, int(inodes * 16384 * 1.1) // MiB)
     env = dict(os.environ)
     if not os.environ.get("DOCKER2VM_TEST_KVM"):
         env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
@@ -112,12 +118,12 @@ def run_virt_make_fs(tar, out, work, size_mb):
                   tar, out], env=env, cwd=work)
 
 
-def run_hand(tar, out, work, size_mb):
+def run_hand(tar, out, work, size_mb, inodes):
     root = os.path.join(work, "root")
     raw = os.path.join(work, "hand.raw")
     script = (f"set -e; mkdir {root}; tar --numeric-owner --xattrs --xattrs-include='*' "
               f"-xpf {tar} -C {root}; truncate -s {size_mb}M {raw}; "
-              f"mke2fs -q -F -t ext4 -b 4096 -d {root} {raw}; "
+              f"mke2fs -q -F -t ext4 -b 4096 -N {inodes} -d {root} {raw}; "
               f"qemu-img convert -f raw -O qcow2 {raw} {out}; rm -rf {root} {raw}")
     return timed(["sh", "-c", script], cwd=work)
 
@@ -141,11 +147,11 @@ def main(argv=None):
         tar_mb = os.path.getsize(tar) / MiB
         with tarfile.open(tar) as tf:
             nfiles = sum(1 for _ in tf)
-        size_mb = fs_size_mb(tar)
+        size_mb, inodes = geometry(tar)
         runs = [("docker2vm ext2fs (nobody)", lambda o, w: run_ours(tar, o, w)),
-                ("root tar+mke2fs -d+qemu-img", lambda o, w: run_hand(tar, o, w, size_mb))]
+                ("root tar+mke2fs -d+qemu-img", lambda o, w: run_hand(tar, o, w, size_mb, inodes))]
         if shutil.which("virt-make-fs") and mb <= args.skip_guestfs_above:
-            runs.append(("virt-make-fs (TCG)", lambda o, w: run_virt_make_fs(tar, o, w, size_mb)))
+            runs.append(("virt-make-fs (TCG)", lambda o, w: run_virt_make_fs(tar, o, w, size_mb, inodes)))
         for name, fn in runs:
             work = tempfile.mkdtemp(prefix="d2v-bench-")
             os.chmod(work, 0o777)
@@ -155,6 +161,8 @@ def main(argv=None):
                 rows.append((f"{mb} MB / {nfiles} entries", name, wall, tar_mb / wall, peak,
                              os.path.getsize(out) / MiB))
                 print(f"  {name}: {wall:.1f} s", file=sys.stderr)
+            except RuntimeError as exc:
+                print(f"  {name}: FAILED {exc}", file=sys.stderr)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     print("| image | method | wall s | MB/s | peak RSS MB | qcow2 MB |")
