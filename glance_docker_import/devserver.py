@@ -94,7 +94,7 @@ public_endpoint = {url}
 image_size_cap = {image_size_cap}
 
 [database]
-connection = sqlite:///{dir}/glance.sqlite
+connection = {database}
 
 [glance_store]
 default_backend = fs
@@ -129,7 +129,9 @@ image_import_plugins = [docker_convert]
 [docker_convert]
 {docker_convert}
 [docker_limits]
-{docker_limits}"""
+{docker_limits}
+[docker_disk]
+{docker_disk}"""
 
 
 def free_port():
@@ -152,8 +154,8 @@ class DevServer:
     """One glance-api (gunicorn) in ``workdir``; start() / stop()."""
 
     def __init__(self, workdir, port=None, workers=1, threads=8,
-                 convert_opts=None, limits=None, debug=False,
-                 image_size_cap=1 << 40):
+                 convert_opts=None, limits=None, disk=None, debug=False,
+                 image_size_cap=1 << 40, database=None, env=None):
         self.dir = os.path.abspath(workdir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -161,8 +163,15 @@ class DevServer:
         self.threads = threads
         self.convert_opts = dict(convert_opts or {})
         self.limits = dict(limits or {})
+        self.disk = dict(disk or {})
         self.debug = debug
         self.image_size_cap = image_size_cap
+        # sqlite by default. Glance on sqlite fails concurrent writes now and
+        # then ("database is locked"); give a MySQL/MariaDB URL for parallel
+        # imports.
+        self.database = database or \
+            f"sqlite:///{self.dir}/glance.sqlite?timeout=60"
+        self.extra_env = dict(env or {})
         self.proc = None
 
     # -- paths -------------------------------------------------------------
@@ -184,6 +193,7 @@ class DevServer:
 
     def env(self):
         env = dict(os.environ)
+        env.update(self.extra_env)
         env["OS_GLANCE_CONFIG_DIR"] = self.dir
         return env
 
@@ -191,7 +201,7 @@ class DevServer:
     def write_config(self):
         for sub in ("images", "staging", "tasks", "locks"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        fmt = dict(dir=self.dir, flavor=FLAVOR, url=self.url,
+        fmt = dict(dir=self.dir, flavor=FLAVOR, url=self.url, database=self.database,
                    debug=str(self.debug).lower(),
                    image_size_cap=self.image_size_cap)
         files = {
@@ -199,7 +209,8 @@ class DevServer:
             "glance-api.conf": API_CONF.format(**fmt),
             "glance-image-import.conf": IMPORT_CONF.format(
                 docker_convert=_ini_lines(self.convert_opts),
-                docker_limits=_ini_lines(self.limits)),
+                docker_limits=_ini_lines(self.limits),
+                docker_disk=_ini_lines(self.disk)),
         }
         for name, text in files.items():
             with open(os.path.join(self.dir, name), "w") as f:
@@ -214,11 +225,14 @@ class DevServer:
             raise RuntimeError("glance-manage db_sync failed:\n"
                                + res.stderr[-3000:])
 
+
     def start(self, timeout=60, detach=False):
         os.makedirs(self.dir, exist_ok=True)
         self.write_config()
-        if not os.path.exists(os.path.join(self.dir, "glance.sqlite")):
+        stamp = os.path.join(self.dir, ".db_synced")
+        if not os.path.exists(stamp):
             self.db_sync()
+            open(stamp, "w").close()
         cmd = [_venv_bin("gunicorn"), "--bind", f"127.0.0.1:{self.port}",
                "--worker-class", "gthread", "--workers", str(self.workers),
                "--threads", str(self.threads), "--timeout", "0",

@@ -1,8 +1,9 @@
 """Options of the docker_convert import plugin, group ``[docker_convert]``.
 
-Set them in ``glance-image-import.conf``. The archive limits shared with
-the rest of docker2vm live in ``[docker_limits]`` (see
-:mod:`docker_rootfs.opts`); both groups are in the generated sample
+Set them in ``glance-image-import.conf``. The archive limits and the
+rootfs disk builder knobs shared with the rest of docker2vm live in
+``[docker_limits]`` and ``[docker_disk]`` (see :mod:`docker_rootfs.opts`);
+all three groups are in the generated sample
 ``etc/glance-image-import.conf.d/docker-convert.conf.sample``.
 """
 
@@ -49,10 +50,11 @@ convert_opts = [
 def register_opts(conf):
     from docker_rootfs import opts as core_opts
     conf.register_opts(convert_opts, group=GROUP)
-    try:
-        core_opts.register_opts(conf)
-    except cfg.DuplicateOptError:
-        pass
+    for register in (core_opts.register_opts, core_opts.register_disk_opts):
+        try:
+            register(conf)
+        except cfg.DuplicateOptError:
+            pass
 
 
 def list_opts():

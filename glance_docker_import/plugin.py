@@ -33,6 +33,7 @@ import threading
 import time
 
 from glance.common import exception as glance_exc
+from glance.common import utils as common_utils
 from oslo_config import cfg
 from taskflow.patterns import linear_flow as lf
 from taskflow import task
@@ -93,7 +94,7 @@ class Heartbeat:
                 self.abort_reason = "import task is %s" % t.status
                 return
             t.message = self.message
-            self.task_repo.save(t)
+            common_utils.retry_on_db_lock(lambda: self.task_repo.save(t))
             self._saved = self.message
             self.action_wrapper.assert_task_lock()
         except glance_exc.TaskAbortedError:
@@ -156,6 +157,19 @@ class _DockerConvert(task.Task):
         self.temp_paths.append(path)
         return path
 
+    def _message(self, text):
+        """One line for the task message, without server-side paths."""
+        if self.src_path:
+            text = text.replace(self.src_path, "the uploaded archive")
+        for path in self.temp_paths:
+            text = text.replace(path, "a temporary file")
+        dirs = {os.path.dirname(p) for p in self.temp_paths}
+        if self.src_path:
+            dirs.add(os.path.dirname(self.src_path))
+        for directory in sorted(dirs, key=len, reverse=True):
+            text = text.replace(directory, "the temporary directory")
+        return _one_line(text)
+
     def _remove_temps(self, keep=None):
         for path in self.temp_paths:
             if path != keep:
@@ -196,24 +210,23 @@ class _DockerConvert(task.Task):
             raise glance_exc.UploadException("docker-convert: aborted: %s"
                                              % exc)
         except errors.Docker2VMError as exc:
-            raise glance_exc.UploadException(_one_line("docker-convert: %s"
-                                                       % exc))
+            raise glance_exc.UploadException(
+                self._message("docker-convert: %s" % exc))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise glance_exc.UploadException(
-                    "docker-convert: no space left on device in %s"
-                    % os.path.dirname(self.temp_paths[-1] if self.temp_paths
-                                      else self.src_path))
+                    "docker-convert: no space left on device for the "
+                    "conversion's temporary files")
             LOG.exception("docker-convert: I/O error converting %s",
                           self.image_id)
-            raise glance_exc.UploadException(_one_line(
+            raise glance_exc.UploadException(self._message(
                 "docker-convert: I/O error: %s" % exc))
         except glance_exc.UploadException:
             raise
         except Exception as exc:
             LOG.exception("docker-convert: unexpected error converting %s",
                           self.image_id)
-            raise glance_exc.UploadException(_one_line(
+            raise glance_exc.UploadException(self._message(
                 "docker-convert: internal error: %s: %s"
                 % (type(exc).__name__, exc)))
 
@@ -273,9 +286,10 @@ class _DockerConvert(task.Task):
             img.flatten(f, lambda fr, msg: hb.update(fr * 0.5, msg))
         out_path = self._temp("qcow2")
         virtual_size = disk_adapter.build_qcow2(
-            tar_path, out_path,
+            tar_path, out_path, digest=img.config.config_digest,
             progress=lambda fr, msg: hb.update(0.5 + fr * 0.5, msg),
-            tmpdir=os.path.dirname(out_path))
+            tmpdir=os.path.dirname(out_path),
+            max_entries=img.limits.max_entries)
         os.remove(tar_path)
         attrs = {"disk_format": "qcow2", "container_format": "bare"}
         if virtual_size:
