@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 
 from docker_rootfs import errors
+from docker_rootfs.guest import boot_disk as boot_disk_mod
 from docker_rootfs.guest import kernel as kernel_mod
 
 LOG = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class BaseImage:
 def _inputs_digest(busybox, k):
     h = hashlib.sha256()
     for p in (os.path.join(HERE, "init.sh"), os.path.join(HERE, "d2vinit.c"),
-              os.path.join(HERE, "user.awk"),
+              os.path.join(HERE, "user.awk"), os.path.join(HERE, "boot_disk.py"),
               os.path.abspath(__file__), busybox):
         with open(p, "rb") as f:
             h.update(f.read())
@@ -281,7 +282,8 @@ def build_floor_initramfs(dest, busybox):
 
 
 def build_base_image(out_dir, cache_dir=None, boot_disk=False, kernel_package=None):
-    """Build (or reuse) the kernel + initramfs pair in ``out_dir``."""
+    """Build (or reuse) the kernel + initramfs pair in ``out_dir`` (and, with
+    ``boot_disk``, ``boot.qcow2``: the same pair on a BIOS boot disk)."""
     out_dir = os.path.abspath(out_dir)
     cache_dir = os.path.abspath(cache_dir or out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -293,9 +295,12 @@ def build_base_image(out_dir, cache_dir=None, boot_disk=False, kernel_package=No
     img = BaseImage(kernel=os.path.join(out_dir, "vmlinuz"),
                     vmlinux=os.path.join(out_dir, "vmlinux"),
                     initrd=initrd, cmdline=KERNEL_CMDLINE, version=k.version)
+    boot = os.path.join(out_dir, "boot.qcow2")
     fresh = (os.path.exists(stamp) and open(stamp).read() == digest
              and all(os.path.exists(p) for p in (img.kernel, img.vmlinux, initrd)))
     if not fresh:
+        if os.path.exists(boot):
+            os.unlink(boot)    # stale: other kernel, initramfs or builder
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             d2vinit = compile_d2vinit(os.path.join(tmp, "d2vinit"))
             build_initramfs(initrd, k, busybox, d2vinit)
@@ -307,8 +312,7 @@ def build_base_image(out_dir, cache_dir=None, boot_disk=False, kernel_package=No
         with open(stamp, "w") as f:
             f.write(digest)
     if boot_disk:
-        # Not built yet: the qcow2 BIOS boot disk (bootloader + this kernel and
-        # initramfs) for base_vm_image= is still to do.
-        raise errors.Docker2VMError("--boot-disk is not implemented yet; use the kernel + "
-                                    "initramfs pair (direct kernel boot)")
+        if not os.path.exists(boot):
+            boot_disk_mod.build_boot_disk(boot, img.kernel, initrd, KERNEL_CMDLINE)
+        img.boot_disk = boot
     return img

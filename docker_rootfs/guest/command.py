@@ -47,7 +47,8 @@ def register(subparsers):
     p.add_argument("-o", "--output", default="base-image", help="output directory")
     p.add_argument("--cache-dir", default=None, help="download cache (default: output)")
     p.add_argument("--boot-disk", action="store_true",
-                   help="also build boot.qcow2 (for base_vm_image=)")
+                   help="also build boot.qcow2: the same kernel, initramfs and command line "
+                        "on a BIOS-bootable qcow2 (syslinux), for base_vm_image=")
     p.add_argument("--kernel-package", default=None,
                    help="Debian kernel package (default: what linux-image-amd64 depends on)")
     p.set_defaults(func=_base_image)
