@@ -13,7 +13,10 @@ GROUP = "docker_convert"
 
 convert_opts = [
     cfg.StrOpt(
-        "default_delivery", default="disk", choices=("disk", "share"),
+        "default_delivery", default="disk",
+        choices=(("disk", "ext4 root filesystem in a qcow2 disk"),
+                 ("share", "validated one-layer archive, shared into the "
+                           "guest over 9p/virtiofs")),
         help="How an imported image is delivered to the guest when the "
              "image has no docker_delivery property: 'disk' converts the "
              "archive into an ext4 root filesystem in a qcow2 disk; 'share' "

@@ -114,9 +114,11 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self._stop.set()
         self._thread.join()
+        if exc_type is None:
+            self.save()   # the final message, and a fresh lock for the upload
 
 
 class _DockerConvert(task.Task):
