@@ -256,8 +256,11 @@ class _DockerConvert(task.Task):
         limits = core_opts.limits_from_conf(CONF)
         tmpdir = conf.temp_dir or os.path.dirname(self.src_path)
         hb.update(0.0, "reading archive")
-        with open_image(self.src_path, limits=limits,
-                        platform=conf.platform, tmpdir=tmpdir) as img:
+        # A compressed upload is decompressed under "<image_id>.docker2vm-<task>."
+        # so the staging cleaner can reap it if glance-api dies meanwhile.
+        prefix = "%s.%s-%s." % (self.image_id, TEMP_TAG, self.task_id[:8])
+        with open_image(self.src_path, limits=limits, platform=conf.platform,
+                        tmpdir=tmpdir, tmp_prefix=prefix) as img:
             properties = image_properties(img.config, delivery)
             if delivery == "share":
                 out_path, attrs = self._share(img, hb)

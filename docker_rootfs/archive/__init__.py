@@ -155,10 +155,13 @@ class Image:
 
 
 @contextlib.contextmanager
-def open_image(path, limits=None, image=None, platform=None, tmpdir=None):
-    """Open a ``docker save`` or OCI archive and select one image in it."""
+def open_image(path, limits=None, image=None, platform=None, tmpdir=None, tmp_prefix=None):
+    """Open a ``docker save`` or OCI archive and select one image in it.
+
+    A compressed archive is decompressed into ``tmpdir`` under a name
+    starting with ``tmp_prefix``, removed when the context ends."""
     limits = limits or Limits()
-    outer = OuterArchive(path, limits, tmpdir=tmpdir)
+    outer = OuterArchive(path, limits, tmpdir=tmpdir, tmp_prefix=tmp_prefix)
     try:
         candidates, layout = layouts.find_candidates(outer)
         chosen = layouts.select(candidates, image=image, platform=platform)

@@ -35,8 +35,10 @@ def _norm(name):
 
 
 class OuterArchive:
-    def __init__(self, path, limits, tmpdir=None):
+    def __init__(self, path, limits, tmpdir=None, tmp_prefix=None):
         self.path = str(path)
+        # Glance passes "<image_id>." so its staging cleaner can reap leftovers.
+        self._tmp_prefix = tmp_prefix or "docker2vm-archive-"
         self.limits = limits
         self._tmp = None
         self._fd = None
@@ -62,7 +64,7 @@ class OuterArchive:
     def _decompress_to_temp(self, compression, tmpdir):
         LOG.info("image archive %s is %s-compressed; decompressing to a temporary file",
                  self.path, compression)
-        fd, self._tmp = tempfile.mkstemp(prefix="docker2vm-archive-", suffix=".tar", dir=tmpdir)
+        fd, self._tmp = tempfile.mkstemp(prefix=self._tmp_prefix, suffix=".tar", dir=tmpdir)
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
             counted = streams.DigestReader(src, "image archive")

@@ -175,3 +175,18 @@ def test_cli_error_is_one_line_and_leaves_no_output(tmp_path):
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("docker2vm: error: layer 1")
     assert os.listdir(out) == []
+
+
+def test_decompressed_archive_temp_name_carries_the_callers_prefix(tmp_path):
+    # Glance passes "<image_id>.docker2vm-<task>." so its staging cleaner can reap it.
+    b = OCIBuilder()
+    b.image([L1])
+    gz = tmp_path / "img.tar.gz"
+    gz.write_bytes(gzip.compress(b.write(tmp_path / "img.tar").read_bytes()))
+    tmp = tmp_path / "staging"
+    tmp.mkdir()
+    with open_image(gz, tmpdir=str(tmp), tmp_prefix="1234-abcd.docker2vm-x.") as img:
+        names = os.listdir(tmp)
+        assert len(names) == 1 and names[0].startswith("1234-abcd.docker2vm-x.")
+        assert img.layers
+    assert os.listdir(tmp) == []
