@@ -20,11 +20,11 @@ def disk_options(tmpdir):
 
 
 def build_qcow2(tar_path, out_path, digest=None, progress=None, tmpdir=None,
-                max_entries=None):
+                max_entries=None, tmp_prefix=None):
     """Build the qcow2 rootfs disk ``out_path`` from the flattened tar;
     returns the disk's virtual size in bytes."""
     from docker_rootfs.disk import build_disk
     result = build_disk(tar_path, out_path, options=disk_options(tmpdir),
                         digest=digest, progress=progress,
-                        max_entries=max_entries)
+                        max_entries=max_entries, tmp_prefix=tmp_prefix)
     return result.virtual_size

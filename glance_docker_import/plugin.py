@@ -27,8 +27,10 @@ imported again.
 
 import contextlib
 import errno
+import glob
 import logging
 import os
+import shutil
 import threading
 import time
 
@@ -151,13 +153,34 @@ class _DockerConvert(task.Task):
         props = action.image_extra_properties
         return props.get(MARKER_PROPERTY) == METHOD_NAME
 
+    def _temp_prefix(self):
+        """Every scratch name of this task starts with this (also the core's
+        decompressed archive and the disk builder's work directory)."""
+        return "%s.%s-%s." % (self.image_id, TEMP_TAG, self.task_id[:8])
+
     def _temp(self, what):
         directory = CONF.docker_convert.temp_dir or os.path.dirname(
             self.src_path)
-        path = os.path.join(directory, "%s.%s-%s.%s" % (
-            self.image_id, TEMP_TAG, self.task_id[:8], what))
+        path = os.path.join(directory, self._temp_prefix() + what)
         self.temp_paths.append(path)
         return path
+
+    def _sweep_stale_temps(self, directory):
+        """Remove what an earlier, crashed conversion of this image left.
+
+        Glance's staging cleaner reaps only residue of deleted images and
+        cannot remove directories; this import holds the image's import
+        lock, so nothing else is converting it now."""
+        for path in glob.glob(os.path.join(
+                glob.escape(directory), "%s.%s-*" % (self.image_id, TEMP_TAG))):
+            LOG.info("docker-convert: removing stale %s of image %s", path, self.image_id)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
 
     def _message(self, text):
         """One line for the task message, without server-side paths."""
@@ -255,12 +278,10 @@ class _DockerConvert(task.Task):
         conf = CONF.docker_convert
         limits = core_opts.limits_from_conf(CONF)
         tmpdir = conf.temp_dir or os.path.dirname(self.src_path)
+        self._sweep_stale_temps(tmpdir)
         hb.update(0.0, "reading archive")
-        # A compressed upload is decompressed under "<image_id>.docker2vm-<task>."
-        # so the staging cleaner can reap it if glance-api dies meanwhile.
-        prefix = "%s.%s-%s." % (self.image_id, TEMP_TAG, self.task_id[:8])
         with open_image(self.src_path, limits=limits, platform=conf.platform,
-                        tmpdir=tmpdir, tmp_prefix=prefix) as img:
+                        tmpdir=tmpdir, tmp_prefix=self._temp_prefix()) as img:
             properties = image_properties(img.config, delivery)
             if delivery == "share":
                 out_path, attrs = self._share(img, hb)
@@ -294,7 +315,7 @@ class _DockerConvert(task.Task):
             tar_path, out_path, digest=img.config.config_digest,
             progress=lambda fr, msg: hb.update(0.5 + fr * 0.5, msg),
             tmpdir=os.path.dirname(out_path),
-            max_entries=img.limits.max_entries)
+            max_entries=img.limits.max_entries, tmp_prefix=self._temp_prefix())
         os.remove(tar_path)
         attrs = {"disk_format": "qcow2", "container_format": "bare"}
         if virtual_size:

@@ -115,8 +115,11 @@ def _spool(writer, path, want_hash):
 
 
 def build_disk(source, output, options=None, digest=None, created=None, progress=None,
-               max_entries=None):
-    """Build the rootfs disk for a flattened tree; return a :class:`DiskResult`."""
+               max_entries=None, tmp_prefix=None):
+    """Build the rootfs disk for a flattened tree; return a :class:`DiskResult`.
+
+    Scratch space is one directory in ``options.tmp_dir`` whose name starts
+    with ``tmp_prefix`` (Glance passes ``<image_id>.docker2vm-<task>.``)."""
     options = options or DiskOptions()
     progress = progress or (lambda fraction, message: None)
     timings = {}
@@ -126,7 +129,7 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
     if not os.path.isdir(tmp_parent):
         raise errors.Docker2VMError(f"temporary directory {tmp_parent} does not exist")
     out_dir = os.path.dirname(os.path.abspath(output)) or "."
-    work = tempfile.mkdtemp(prefix="docker2vm-disk-", dir=tmp_parent)
+    work = tempfile.mkdtemp(prefix=tmp_prefix or "docker2vm-disk-", dir=tmp_parent)
     partial = None
     try:
         # 1. The tar, as a file we can pread.

@@ -197,6 +197,23 @@ def test_failure_message_and_cleanup(tmp_path, glance_archives):
     assert os.listdir(tmp_path) == []
 
 
+def test_stale_scratch_of_a_crashed_conversion_is_swept(tmp_path, glance_archives):
+    # Glance's staging cleaner only reaps residue of deleted images and cannot
+    # remove directories: a crash mid-conversion of a live image left these.
+    task, image, tasks, staged = _setup(tmp_path, {"docker_delivery": "disk"})
+    staged.write_bytes(open(glance_archives["docker"], "rb").read())
+    stale_file = tmp_path / (image.image_id + ".docker2vm-deadbeef.rootfs.tar")
+    stale_dir = tmp_path / (image.image_id + ".docker2vm-deadbeef.abc123")
+    other = tmp_path / "11111111-2222-3333-4444-555555555555.docker2vm-deadbeef.qcow2"
+    stale_file.write_bytes(b"x")
+    stale_dir.mkdir()
+    (stale_dir / "rootfs.tar").write_bytes(b"x")
+    other.write_bytes(b"another image's import: not ours")
+    out = task.execute("file://" + str(staged))
+    path = out[len("file://"):]
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), other.name])
+
+
 def test_heartbeat_saves_and_aborts_when_lock_is_lost():
     task_id = "t-1"
     image = types.SimpleNamespace(image_id="i-1", status="importing",
