@@ -39,7 +39,8 @@ load() {
 }
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
-case " $(cat /proc/cmdline) " in *" docker2vm.debug "*) DEBUG=1 ;; esac
+read -r _cmdline </proc/cmdline
+case " $_cmdline " in *" docker2vm.debug "*) DEBUG=1 ;; esac
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
 mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
@@ -89,12 +90,14 @@ mount -t iso9660 -o ro "/dev/$CFGDEV" /mnt/cfg || die "cannot mount config drive
 cp -a /mnt/cfg/docker2vm/. "$CFG/"
 umount /mnt/cfg
 
-get() { [ -f "$CFG/$1" ] && cat "$CFG/$1"; }
-HOSTNAME=$(get hostname)
+# getv VAR NAME: VAR = the (one-line) file docker2vm/NAME, or empty. Builtins
+# only: every process costs under TCG.
+getv() { eval "$1="; [ -f "$CFG/$2" ] && IFS= read -r "$1" <"$CFG/$2"; return 0; }
+getv HOSTNAME hostname
 [ -n "$HOSTNAME" ] && hostname "$HOSTNAME"
 
 # -- container root ------------------------------------------------------------
-ROOTSPEC=$(get rootfs)
+getv ROOTSPEC rootfs
 KIND=${ROOTSPEC%%:*}
 REST=${ROOTSPEC#*:}
 ID=${REST%%:*}
@@ -114,7 +117,8 @@ disk)
     load disk
     DEV=""
     for _s in /sys/block/vd*/serial /sys/block/sd*/device/serial; do
-        [ -f "$_s" ] && [ "$(cat "$_s")" = "$ID" ] || continue
+        _v=""; [ -f "$_s" ] && IFS= read -r _v <"$_s"
+        [ "$_v" = "$ID" ] || continue
         DEV=${_s#/sys/block/}; DEV=${DEV%%/*}
         break
     done
@@ -159,8 +163,14 @@ mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=64m shm "$R/dev/shm"
 [ -e "$R/dev/stdout" ] || ln -s /proc/self/fd/1 "$R/dev/stdout"
 [ -e "$R/dev/stderr" ] || ln -s /proc/self/fd/2 "$R/dev/stderr"
 # /tmp and /run: a fresh tmpfs unless the image ships content there.
+is_empty() {  # DIR has no entries (globs, no ls process)
+    for _x in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+        { [ -e "$_x" ] || [ -L "$_x" ]; } && return 1
+    done
+    return 0
+}
 for _d in tmp run; do
-    if [ ! -e "$R/$_d" ] || [ -z "$(ls -A "$R/$_d" 2>/dev/null)" ]; then
+    if [ ! -e "$R/$_d" ] || is_empty "$R/$_d"; then
         mkdir -p "$R/$_d"
         _mode=0755; [ $_d = tmp ] && _mode=1777
         mount -t tmpfs -o nosuid,nodev,mode=$_mode "$_d" "$R/$_d"
@@ -170,7 +180,7 @@ done
 # Wait for DHCP before writing the network files.
 for _p in $NETPIDS; do wait "$_p"; done
 dbg "network ready"
-IP=$(cat /run/d2v/net/ip 2>/dev/null | head -n1)
+IP=""; [ -f /run/d2v/net/ip ] && read -r IP </run/d2v/net/ip
 {
     echo "127.0.0.1	localhost"
     echo "::1	localhost ip6-localhost ip6-loopback"
@@ -185,7 +195,7 @@ for _f in hosts hostname resolv.conf; do
 done
 
 # -- user: name, uid, uid:gid, name:group in the container's passwd/group -----------
-USERSPEC=$(get user)
+getv USERSPEC user
 IDS=$(awk -v spec="$USERSPEC" -v pw="$R/etc/passwd" -v gr="$R/etc/group" -f /etc/d2v/user.awk) || die "user '$USERSPEC' cannot be resolved in the image"
 read -r UID_ GID_ SGIDS HOME_ <<EOF
 $IDS
@@ -194,7 +204,8 @@ EOF
 # -- power button (ACPI): its evdev node(s) -------------------------------------
 BUTTONS=""
 for _i in /sys/class/input/input*; do
-    [ "$(cat "$_i/name" 2>/dev/null)" = "Power Button" ] || continue
+    _v=""; [ -f "$_i/name" ] && IFS= read -r _v <"$_i/name"
+    [ "$_v" = "Power Button" ] || continue
     for _e in "$_i"/event*; do [ -e "$_e" ] && BUTTONS="$BUTTONS /dev/input/${_e##*/}"; done
 done
 
