@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 
 from docker_rootfs import errors
+from docker_rootfs.guest.tools import run as _run
 from docker_rootfs.guest import boot_disk as boot_disk_mod
 from docker_rootfs.guest import kernel as kernel_mod
 
@@ -45,14 +46,6 @@ KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 acpi=noirq"
 BUSYBOX_APPLETS = None  # all of them: busybox --list
 
 
-def _run(cmd, **kw):
-    try:
-        return subprocess.run(cmd, check=True, capture_output=True, **kw)
-    except FileNotFoundError as exc:
-        raise errors.ToolError(f"{cmd[0]} not found (install it)") from exc
-    except subprocess.CalledProcessError as exc:
-        err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-5:]
-        raise errors.ToolError(f"{' '.join(map(str, cmd[:3]))} failed: {' / '.join(err)}") from exc
 
 
 # -- cpio (newc) writer: no root needed for /dev/console ----------------------

@@ -15,10 +15,10 @@ mtools, dosfstools, fdisk, qemu-utils.
 """
 
 import os
-import subprocess
 import tempfile
 
 from docker_rootfs import errors
+from docker_rootfs.guest.tools import run as _run
 
 MBR_CANDIDATES = ("/usr/lib/syslinux/mbr/mbr.bin",      # Debian syslinux-common
                   "/usr/share/syslinux/mbr.bin",        # Fedora
@@ -29,14 +29,6 @@ MIB = 1024 * 1024
 SLACK = 4 * MIB            # FAT metadata, syslinux, cluster rounding
 
 
-def _run(cmd, **kw):
-    try:
-        return subprocess.run(cmd, check=True, capture_output=True, **kw)
-    except FileNotFoundError as exc:
-        raise errors.ToolError(f"{cmd[0]} not found (install it, see bindep.txt)") from exc
-    except subprocess.CalledProcessError as exc:
-        err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-5:]
-        raise errors.ToolError(f"{' '.join(map(str, cmd[:3]))} failed: {' / '.join(err)}") from exc
 
 
 def find_mbr():

@@ -15,10 +15,10 @@ import logging
 import lzma
 import os
 import shutil
-import subprocess
 import tempfile
 
 from docker_rootfs import errors
+from docker_rootfs.guest import tools
 
 LOG = logging.getLogger(__name__)
 
@@ -34,14 +34,9 @@ class Kernel:
     config: str         # the kernel's .config
 
 
+
 def _run(cmd, **kw):
-    try:
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-    except FileNotFoundError as exc:
-        raise errors.ToolError(f"{cmd[0]} not found (install it)") from exc
-    except subprocess.CalledProcessError as exc:
-        tail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
-        raise errors.ToolError(f"{' '.join(cmd[:3])} failed: {' / '.join(tail)}") from exc
+    return tools.run(cmd, text=True, **kw)
 
 
 def resolve_package(package=None):
