@@ -32,6 +32,7 @@ import sys
 import pytest
 
 from tests import treecmp
+from tests.fixtures import build_fixtures
 
 from docker_rootfs import errors  # noqa: E402  (the core; may not exist yet)
 from docker_rootfs.archive import open_image
@@ -175,17 +176,7 @@ def _skopeo_ref(fx, tmp_path):
         with open(plain, "wb") as f:
             subprocess.run([tool, "-d", "-q", "-c", path], stdout=f, check=True)
         path = str(plain)
-    with __import__("tarfile").open(path) as tf:
-        kind = "docker-archive" if "manifest.json" in tf.getnames() else "oci-archive"
-    ref = "%s:%s" % (kind, path)
-    if kind == "docker-archive" and fx["image"]:
-        ref += ":" + fx["image"]
-    args = []
-    if fx["platform"]:
-        parts = fx["platform"].split("/")
-        args = ["--override-os", parts[0], "--override-arch", parts[1]]
-        if len(parts) > 2:
-            args += ["--override-variant", parts[2]]
+    ref, args = build_fixtures.transport(path, fx)
     return args, ref
 
 
