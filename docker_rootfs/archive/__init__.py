@@ -14,7 +14,7 @@ import tarfile
 
 from docker_rootfs import errors
 from docker_rootfs.archive import layouts, streams
-from docker_rootfs.archive.outer import OuterArchive
+from docker_rootfs.archive.outer import OuterArchive, parse_json
 from docker_rootfs.config import ContainerConfig
 from docker_rootfs.flatten import Flattener
 from docker_rootfs.limits import Limits
@@ -104,11 +104,12 @@ class Image:
         self.limits = limits
         self.layout = layout
         self.candidate = candidate
-        self.config_document = outer.read_json(
-            candidate.config_path, "image config", digest=candidate.config_digest,
-            size=candidate.config_size)
-        config_digest = candidate.config_digest or "sha256:" + hashlib.sha256(
-            outer.read_bytes(candidate.config_path, "image config")).hexdigest()
+        # Read once: verified against the layout's digest when it names one,
+        # else its own hash is the image ID (classic docker save by name).
+        raw = outer.read_bytes(candidate.config_path, "image config",
+                               digest=candidate.config_digest, size=candidate.config_size)
+        self.config_document = parse_json(raw, candidate.config_path, "image config")
+        config_digest = candidate.config_digest or "sha256:" + hashlib.sha256(raw).hexdigest()
         self.config = ContainerConfig.from_image_config(
             self.config_document, config_digest=config_digest, repo_tags=candidate.tags)
         self.layers = self._layers()

@@ -34,6 +34,13 @@ def _norm(name):
     return "/".join(parts)
 
 
+def parse_json(data, name, what):
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.ArchiveError(f"{what} ({name}) is not valid JSON: {exc}") from None
+
+
 class OuterArchive:
     def __init__(self, path, limits, tmpdir=None, tmp_prefix=None):
         self.path = str(path)
@@ -139,11 +146,7 @@ class OuterArchive:
         return data
 
     def read_json(self, name, what, digest=None, size=None):
-        data = self.read_bytes(name, what, digest, size)
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.ArchiveError(f"{what} ({name}) is not valid JSON: {exc}") from None
+        return parse_json(self.read_bytes(name, what, digest, size), name, what)
 
     def close(self):
         if self._fd is not None:
