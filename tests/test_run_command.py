@@ -53,3 +53,21 @@ def test_boot_converted_disk_with_its_properties(fixture_archives, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "from properties" in r.stdout.splitlines()   # Entrypoint busybox echo + new Cmd
     assert disk.read_bytes() == before                  # booted through an overlay
+
+
+@pytest.mark.parametrize("case", ["missing-disk", "not-a-container-image", "bad-json"])
+def test_boot_bad_input_is_one_line_error(tmp_path, case):
+    props = tmp_path / "props.json"
+    disk = tmp_path / "disk.qcow2"
+    if case == "missing-disk":
+        props.write_text('{"docker_delivery": "disk", "docker_cmd": "[\\"true\\"]"}')
+    elif case == "not-a-container-image":
+        props.write_text("{}")
+        disk.write_bytes(b"x")
+    else:
+        props.write_text("{not json")
+        disk.write_bytes(b"x")
+    r = d2v("boot", "--base-dir", str(tmp_path / "base"), "--properties", str(props), str(disk))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("docker2vm: error:") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "base").exists()   # nothing built or left for bad input

@@ -11,7 +11,6 @@ TCG unless DOCKER2VM_TEST_KVM=1 (KVM is the faster choice where it works).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -79,6 +78,7 @@ def run(args):
 
 
 def boot(args):
+    from docker_rootfs.guest import tools
     from docker_rootfs.properties import config_from_properties
 
     try:
@@ -89,13 +89,16 @@ def boot(args):
     if not isinstance(props, dict):
         raise errors.Docker2VMError(f"{args.properties}: expected a JSON object of properties")
     config = config_from_properties(props)
-    with open(args.disk, "rb") as f:
-        fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    try:
+        with open(args.disk, "rb") as f:
+            fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    except OSError as exc:
+        raise errors.Docker2VMError(f"cannot read disk {args.disk}: {exc.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="docker2vm-boot-", dir=args.tmpdir) as tmp:
         # A per-boot overlay: the guest writes there, never to the given disk.
         overlay = os.path.join(tmp, "overlay.qcow2")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
-                        os.path.abspath(args.disk), overlay], check=True)
+        tools.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
+                   os.path.abspath(args.disk), overlay])
         return _boot_vm(args, config, overlay, "qcow2", tmp)
 
 

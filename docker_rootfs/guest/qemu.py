@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 import time
 
+from docker_rootfs import errors
+
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
 
@@ -139,8 +141,13 @@ def boot(machine, timeout=180, on_line=None, pss_after=None):
         if machine.share and machine.share[0] == "virtiofs":
             vfsd = _start_virtiofsd(machine.share[1], os.path.join(workdir, "virtiofs.sock"))
         start = time.monotonic()
-        proc = subprocess.Popen(machine.command(workdir, monitor), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cmd = machine.command(workdir, monitor)
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except FileNotFoundError:
+            raise errors.ToolError(f"{cmd[0]} not found (install qemu-system-x86, "
+                                   "see bindep.txt)") from None
 
         class Ctl:
             @staticmethod
