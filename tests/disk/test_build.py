@@ -98,8 +98,17 @@ def test_fast_builder_as_unprivileged_user(feature_tar, tmp_path, request_cleanu
     code = ("import sys; from docker_rootfs.disk import build_disk, DiskOptions;"
             "r = build_disk(sys.argv[1], sys.argv[2], DiskOptions(tmp_dir=sys.argv[3]),"
             " digest=sys.argv[4]); print(r.builder)")
+    # The checkout itself may sit under a directory nobody cannot read (a
+    # clone in a mktemp -d dir is 0700): give nobody its own copy of the core.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=root, HOME=str(work))
+    src = work / "src"
+    shutil.copytree(os.path.join(root, "docker_rootfs"), src / "docker_rootfs",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, dirnames, filenames in os.walk(src):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    env = dict(os.environ, PYTHONPATH=str(src), HOME=str(work))
     proc = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
          sys.executable, "-c", code, str(tar), str(work / "out.qcow2"), str(work), DIGEST],
