@@ -8,7 +8,7 @@ compiled here with ``gcc -static`` (why C: see ``d2vinit.c``).
 
 The initramfs holds only the modules the guest contract needs, resolved
 with their dependencies from the modules' own ``.modinfo`` (no depmod), in
-load groups that ``init.sh`` loads on demand.
+load groups that ``d2vinit`` (the initramfs's /init) loads on demand.
 """
 
 import dataclasses
@@ -29,12 +29,14 @@ from docker_rootfs.guest import kernel as kernel_mod
 LOG = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Load groups: modules init.sh insmods (with their dependencies) on demand.
+# Load groups: modules d2vinit loads (with their dependencies) on demand.
 MODULE_GROUPS = {
     # Always: PCI virtio disks/NICs, the config drive's iso9660, power button.
     "base": ["virtio_pci", "virtio_blk", "virtio_net", "isofs", "button", "evdev"],
     # A config drive on an IDE (pc) or SATA (q35) cdrom, as stock Nova attaches it.
     "cdrom": ["ata_piix", "ahci", "sr_mod"],
+    # A vfat config drive (Nova's config_drive_format=vfat).
+    "vfat": ["vfat", "nls_cp437", "nls_ascii", "nls_utf8"],
     "disk": ["crc32c_generic", "ext4"],
     "9p": ["9pnet_virtio", "9p"],
     "virtiofs": ["virtiofs"],
@@ -140,6 +142,30 @@ def strip_module_signature(data):
     return data[:end] if end > 0 else data
 
 
+# Sections the guest never needs, dropped from every module with objcopy:
+# BTF (BPF type info; parsed and checked at load), ORC unwind tables and
+# their relocations (only for stack traces through module code; sorted at
+# load), and local symbols (kallsyms). Loading ext4 and its dependencies
+# went from about 0.43 s to 0.29 s under TCG.
+SLIM_OBJCOPY_ARGS = ("--remove-section=.BTF", "--remove-section=.orc_unwind",
+                     "--remove-section=.orc_unwind_ip", "--remove-section=.rela.orc_unwind_ip",
+                     "--strip-unneeded")
+
+
+def slim_module(data, tmp_dir):
+    """``data`` (a module without its signature) minus what the guest never
+    needs (:data:`SLIM_OBJCOPY_ARGS`)."""
+    fd, path = tempfile.mkstemp(suffix=".ko", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _run(["objcopy", *SLIM_OBJCOPY_ARGS, path])
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
 def resolve_modules(modules_dir, names):
     """Module paths for ``names`` and their dependencies, in load order."""
     index = _module_index(modules_dir)
@@ -193,34 +219,6 @@ def _applets(busybox):
     return [a for a in out.split() if a and a != "busybox"]
 
 
-UDHCPC_SCRIPT = r"""#!/bin/sh
-# udhcpc hook: configure the interface, remember address and DNS for /init.
-D=/run/d2v/net
-case "$1" in
-deconfig)
-    ip addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
-    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
-    for r in $router; do
-        ip route add default via "$r" dev "$interface" metric 100 2>/dev/null && break
-    done
-    echo "$ip" >"$D/$interface.ip"
-    {
-        [ -n "$domain" ] && echo "search $domain"
-        for s in $dns; do echo "nameserver $s"; done
-    } >"$D/$interface.resolv"
-    # First NIC to answer provides the defaults (sorted merge by /init).
-    [ -f "$D/ip" ] || echo "$ip" >"$D/ip"
-    [ -f "$D/resolv.conf" ] || cp "$D/$interface.resolv" "$D/resolv.conf"
-    ;;
-esac
-exit 0
-"""
-
 FLOOR_INIT = """#!/bin/sh
 /bin/busybox echo docker2vm-floor
 /bin/busybox poweroff -f
@@ -239,8 +237,7 @@ class BaseImage:
 
 def _inputs_digest(busybox, k):
     h = hashlib.sha256()
-    for p in (os.path.join(HERE, "init.sh"), os.path.join(HERE, "d2vinit.c"),
-              os.path.join(HERE, "user.awk"), os.path.join(HERE, "boot_disk.py"),
+    for p in (os.path.join(HERE, "d2vinit.c"), os.path.join(HERE, "boot_disk.py"),
               os.path.abspath(__file__), busybox):
         with open(p, "rb") as f:
             h.update(f.read())
@@ -261,13 +258,12 @@ def build_initramfs(dest, k, busybox, d2vinit, init_script=None):
     for a in _applets(busybox):
         w.symlink(f"bin/{a}", "busybox")
     if init_script is None:
-        with open(os.path.join(HERE, "init.sh"), "rb") as f:
-            init_script = f.read()
-        w.file("etc/d2v/udhcpc.sh", UDHCPC_SCRIPT.encode(), 0o755)
-        with open(os.path.join(HERE, "user.awk"), "rb") as f:
-            w.file("etc/d2v/user.awk", f.read())
+        # /init is d2vinit itself; busybox is there for udhcpc, whose hook
+        # is d2vinit again (by its name).
         with open(d2vinit, "rb") as f:
             w.file("bin/d2vinit", f.read(), 0o755)
+        w.symlink("init", "bin/d2vinit")
+        w.symlink("etc/d2v/udhcpc-hook", "/bin/d2vinit")
         added = set()
         for group, names in MODULE_GROUPS.items():
             lines = []
@@ -277,9 +273,12 @@ def build_initramfs(dest, k, busybox, d2vinit, init_script=None):
                 if base not in added:
                     added.add(base)
                     with open(path, "rb") as f:
-                        w.file(f"lib/modules/{base}", strip_module_signature(f.read()))
+                        data = slim_module(strip_module_signature(f.read()),
+                                           os.path.dirname(os.path.abspath(dest)))
+                    w.file(f"lib/modules/{base}", data)
             w.file(f"lib/modules/{group}.list", ("\n".join(lines) + "\n").encode())
-    w.file("init", init_script if isinstance(init_script, bytes) else init_script.encode(), 0o755)
+    else:
+        w.file("init", init_script if isinstance(init_script, bytes) else init_script.encode(), 0o755)
     w.close()
     tmp = dest + ".tmp"
     with open(tmp, "wb") as f:

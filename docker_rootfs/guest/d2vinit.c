@@ -1,34 +1,51 @@
 /*
- * d2vinit: the PID 1 supervisor of a docker2vm guest.
+ * d2vinit: the whole init of a docker2vm guest (the initramfs's /init).
+ * Contract: docs/guest-contract.md.
  *
- * /init (busybox sh) prepares the machine and the container root, then
- * execs this program, which stays PID 1:
+ * As /init (PID 1) it:
+ *   1. mounts /proc /sys /dev /run, loads the base modules (virtio, the
+ *      config drive's iso9660, power button), brings every NIC up and
+ *      starts busybox udhcpc on each, in the background (udhcpc keeps
+ *      running and renews the lease; its hook is this program again);
+ *   2. finds the config drive (iso9660 or vfat labelled config-2: virtio
+ *      disks first, then IDE/SATA cdroms) and copies its docker2vm/ files;
+ *   3. mounts the container root (disk by serial, grown online; or a 9p or
+ *      virtiofs share by tag, with a tmpfs overlay unless the share is a
+ *      private copy);
+ *   4. mounts /proc /sys /dev /dev/pts /dev/shm (/tmp /run) inside it, waits
+ *      for DHCP, bind-mounts /etc/hosts, /etc/resolv.conf, /etc/hostname;
+ *      resolves the user in the container's own passwd and group files;
+ *   5. forks the entrypoint (setsid, chroot, WorkingDir, groups/gid/uid,
+ *      PATH lookup in the container), stays PID 1: forwards signals, reaps
+ *      zombies, turns an ACPI power-button press into the StopSignal then
+ *      SIGKILL after stop_timeout, prints "docker2vm: exit status N" and
+ *      powers the machine off.
  *
- *   d2vinit run ROOT CFGDIR UID GID SGIDS HOME [BUTTON_DEVICE...]
- *       forks the entrypoint (chroot ROOT, chdir workdir, setgroups SGIDS
- *       (comma separated, "-" for none), setgid GID, setuid UID, execve
- *       argv/env read NUL-separated from CFGDIR/argv and CFGDIR/env, argv[0]
- *       looked up in the container's PATH), forwards signals to it, reaps
- *       every zombie, turns a power-button press (a readable event on any
- *       BUTTON_DEVICE) into CFGDIR/stop_signal then SIGKILL after
- *       CFGDIR/stop_timeout seconds, prints "docker2vm: exit status N" when
- *       the entrypoint ends and powers the machine off.
+ * One process does all of it: under TCG every fork+exec costs about 10 ms,
+ * and the shell version of steps 1-4 spent most of its time there.
+ *
+ * Other entry points (by argv[0] or argv[1]):
+ *   udhcpc-hook EVENT          udhcpc's script (interface config by ioctl)
+ *   d2vinit resolve-user SPEC PASSWD GROUP
+ *                              prints "UID GID SGIDS HOME" (tests)
  *   d2vinit resize MOUNTPOINT DEVICE
- *       grows a mounted ext4 filesystem to the size of DEVICE (online).
- *   d2vinit insmod MODULE.ko...
- *       load kernel modules in the order given (one process for a group).
  *   d2vinit poweroff
- *       sync and power off (used by /init on fatal errors).
  *
- * Why C and not sh: busybox's setpriv here cannot change uid/gid/groups,
- * sh cannot carry NUL-separated argv/env, and ash's `wait` cannot tell an
- * interrupted wait from a child killed by a signal.
+ * Why C: busybox's setpriv here cannot change uid/gid/groups, sh cannot
+ * carry NUL-separated argv/env, ash's `wait` cannot tell an interrupted wait
+ * from a child killed by a signal, and every process costs under TCG.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/fs.h>
+#include <linux/openat2.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -38,11 +55,13 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
-#include <sys/syscall.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -50,11 +69,23 @@
 
 #define EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
 #define MAX_BUTTONS 8
+#define MAX_NICS 16
+
+#define CFG "/run/d2v/cfg"        /* the config drive's docker2vm/ files */
+#define NETDIR "/run/d2v/net"     /* lease files written by the udhcpc hook */
+#define ROOT "/mnt/root"          /* the container root */
+#define LOWER "/mnt/lower"        /* a share, below the overlay */
+#define MODDIR "/lib/modules"
+#define HOOK "/etc/d2v/udhcpc-hook"
+#define DHCP_WAIT 5.0             /* seconds to wait for every NIC's lease */
+
+static int debug;
+static sigset_t orig_mask;        /* the signal mask children get back */
 
 static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void msg(const char *fmt, ...)
 {
-    char buf[512];
+    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
@@ -63,6 +94,21 @@ static void msg(const char *fmt, ...)
     if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
     buf[n++] = '\n';
     (void)!write(2, buf, n);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void dbg(const char *what)
+{
+    if (!debug) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    msg("docker2vm: [%ld.%03ld] %s", (long)ts.tv_sec, ts.tv_nsec / 1000000, what);
 }
 
 /* Remount every ext4/xfs filesystem read-only so the disk is clean. */
@@ -79,7 +125,7 @@ static void quiesce(void)
     fclose(m);
 }
 
-static void poweroff(void)
+static void __attribute__((noreturn)) poweroff(void)
 {
     quiesce();
     sync();
@@ -87,11 +133,27 @@ static void poweroff(void)
     for (;;) pause();
 }
 
-/* Read a whole file; returns malloc'd buffer (NUL-terminated), size in *len. */
+/* Setup failed: say why, report 125 (as docker run does) and power off. */
+static void __attribute__((noreturn, format(printf, 1, 2))) die(const char *fmt, ...)
+{
+    char buf[900];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    msg("docker2vm: error: %s", buf);
+    msg("docker2vm: exit status 125");
+    kill(-1, SIGKILL);
+    poweroff();
+}
+
+/* -- small file helpers ---------------------------------------------------- */
+/* Read a whole file; malloc'd, NUL-terminated, size in *len. NULL if absent. */
 static char *slurp(const char *dir, const char *name, size_t *len)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (dir) snprintf(path, sizeof path, "%s/%s", dir, name);
+    else snprintf(path, sizeof path, "%s", name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return NULL;
     size_t cap = 4096, n = 0;
@@ -107,6 +169,25 @@ static char *slurp(const char *dir, const char *name, size_t *len)
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+/* The first line of a file (no newline), malloc'd; "" if absent. */
+static char *line_of(const char *dir, const char *name)
+{
+    char *s = slurp(dir, name, NULL);
+    if (!s) return strdup("");
+    s[strcspn(s, "\n")] = 0;
+    return s;
+}
+
+static int write_file(const char *path, const char *data, int flags)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0644);
+    if (fd < 0) return -1;
+    size_t n = strlen(data);
+    int ok = write(fd, data, n) == (ssize_t)n;
+    close(fd);
+    return ok ? 0 : -1;
 }
 
 /* Split a NUL-separated (and NUL-terminated) buffer into a NULL-ended vector. */
@@ -146,7 +227,7 @@ static const char *env_get(char **env, const char *key)
     return NULL;
 }
 
-/* mkdir -p, inside the container root (WorkingDir is created if missing). */
+/* mkdir -p of an absolute path in the current root. */
 static void mkdir_p(const char *path)
 {
     char buf[4096];
@@ -160,27 +241,602 @@ static void mkdir_p(const char *path)
     mkdir(buf, 0755);
 }
 
+/* -- paths inside the container root ---------------------------------------
+ * The container's files are the tenant's: a symlink such as /proc -> /x must
+ * resolve inside the container root, never to the initramfs. openat2 with
+ * RESOLVE_IN_ROOT does that (as runc's securejoin). */
+static int rootfd = -1;
+
+static int open_in_root(const char *rel, int flags)
+{
+    struct open_how how = { .flags = flags | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    return (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof how);
+}
+
+/* mkdir -p REL inside the root; returns an O_PATH fd of it, or -1. */
+static int mkdir_in_root(const char *rel, mode_t mode)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", rel);
+    for (char *p = buf; ; p++) {
+        if (*p == '/' || !*p) {
+            char c = *p;
+            *p = 0;
+            if (*buf) {
+                int fd = open_in_root(buf, O_PATH | O_DIRECTORY);
+                if (fd < 0) {
+                    /* create it in its (already resolved) parent */
+                    char *slash = strrchr(buf, '/');
+                    int pfd = slash ? (*slash = 0, open_in_root(buf, O_PATH | O_DIRECTORY)) : dup(rootfd);
+                    if (slash) *slash = '/';
+                    if (pfd < 0) return -1;
+                    mkdirat(pfd, slash ? slash + 1 : buf, mode);
+                    close(pfd);
+                } else close(fd);
+            }
+            if (!c) break;
+            *p = c;
+        }
+    }
+    return open_in_root(rel, O_PATH | O_DIRECTORY);
+}
+
+/* mount SRC (type, flags, data) on REL inside the root; 0 or -1. */
+static int mount_in_root(const char *src, const char *rel, const char *type, unsigned long flags,
+                         const char *data, int is_dir)
+{
+    int fd = is_dir ? mkdir_in_root(rel, 0755) : open_in_root(rel, O_PATH);
+    if (fd < 0) return -1;
+    char target[64];
+    snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+    int r = mount(src, target, type, flags, data);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return r;
+}
+
+/* -- modules ----------------------------------------------------------------- */
+static void load_group(const char *group)
+{
+    char done[128], list[128];
+    snprintf(done, sizeof done, "/run/d2v/mod.%s", group);
+    snprintf(list, sizeof list, MODDIR "/%s.list", group);
+    if (access(done, F_OK) == 0) return;
+    char *names = slurp(NULL, list, NULL);
+    if (!names) return;
+    write_file(done, "", 0);
+    char *save = NULL;
+    for (char *m = strtok_r(names, "\n", &save); m; m = strtok_r(NULL, "\n", &save)) {
+        char path[256];
+        snprintf(path, sizeof path, MODDIR "/%s", m);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST))
+            msg("docker2vm: insmod %s: %s", m, strerror(errno));
+        if (fd >= 0) close(fd);
+        if (debug) { char b[160]; snprintf(b, sizeof b, "module %s", m); dbg(b); }
+    }
+    free(names);
+    if (debug) { char b[160]; snprintf(b, sizeof b, "modules %s loaded", group); dbg(b); }
+}
+
+/* -- networking ------------------------------------------------------------- */
+static pid_t dhcp_pids[MAX_NICS];
+static char nic_names[MAX_NICS][IFNAMSIZ];
+static int n_nics;
+
+static int if_flags(int s, const char *ifname, short set)
+{
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
+    if (ioctl(s, SIOCGIFFLAGS, &ifr)) return -1;
+    ifr.ifr_flags |= set;
+    return ioctl(s, SIOCSIFFLAGS, &ifr);
+}
+
+static void start_network(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return;
+    if_flags(s, "lo", IFF_UP);
+    DIR *d = opendir("/sys/class/net");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n_nics < MAX_NICS) {
+        if (e->d_name[0] == '.' || !strcmp(e->d_name, "lo") || strlen(e->d_name) >= IFNAMSIZ) continue;
+        if_flags(s, e->d_name, IFF_UP);
+        snprintf(nic_names[n_nics], IFNAMSIZ, "%s", e->d_name);
+        pid_t p = fork();
+        if (p == 0) {
+            sigprocmask(SIG_SETMASK, &orig_mask, NULL);
+            int null = open("/dev/null", O_RDWR);
+            dup2(null, 0); dup2(null, 1); dup2(null, 2);
+            /* -f: stays a child of PID 1 and renews the lease; -t 4 -T 1:
+             * four discovers a second apart, then -A 5 before trying again. */
+            execl("/bin/busybox", "udhcpc", "-i", e->d_name, "-f", "-t", "4", "-T", "1",
+                  "-A", "5", "-s", HOOK, (char *)NULL);
+            _exit(127);
+        }
+        dhcp_pids[n_nics++] = p;
+    }
+    if (d) closedir(d);
+    close(s);
+}
+
+/* Wait until every NIC has a lease (or DHCP_WAIT seconds have passed). */
+static void wait_network(double started)
+{
+    for (;;) {
+        int missing = 0;
+        for (int i = 0; i < n_nics; i++) {
+            char p[128];
+            snprintf(p, sizeof p, NETDIR "/%s.ip", nic_names[i]);
+            if (access(p, F_OK)) missing++;
+        }
+        if (!missing || now() - started > DHCP_WAIT) {
+            if (missing) msg("docker2vm: no DHCP lease on %d of %d NICs after %.0fs; going on",
+                             missing, n_nics, DHCP_WAIT);
+            return;
+        }
+        usleep(10000);
+    }
+}
+
+static int set_addr(int s, const char *ifname, unsigned long req, const char *addr)
+{
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1) return -1;
+    return ioctl(s, req, &ifr);
+}
+
+/* udhcpc's script: configure the interface from udhcpc's environment and
+ * write the lease files the init waits for. */
+static int udhcpc_hook(const char *event)
+{
+    const char *ifn = getenv("interface");
+    if (!event || !ifn) return 0;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return 1;
+    if (!strcmp(event, "deconfig")) {
+        set_addr(s, ifn, SIOCSIFADDR, "0.0.0.0");
+        if_flags(s, ifn, IFF_UP);
+        return 0;
+    }
+    if (strcmp(event, "bound") && strcmp(event, "renew")) return 0;
+    const char *ip = getenv("ip"), *subnet = getenv("subnet"), *bcast = getenv("broadcast");
+    const char *routers = getenv("router"), *mtu = getenv("mtu"), *dns = getenv("dns");
+    const char *domain = getenv("domain"), *mask = getenv("mask");
+    if (!ip) return 1;
+    if (set_addr(s, ifn, SIOCSIFADDR, ip)) msg("docker2vm: %s: cannot set address %s: %s", ifn, ip, strerror(errno));
+    if (subnet) set_addr(s, ifn, SIOCSIFNETMASK, subnet);
+    if (bcast) set_addr(s, ifn, SIOCSIFBRDADDR, bcast);
+    if (mtu && atoi(mtu) > 0) {
+        struct ifreq ifr = {0};
+        snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifn);
+        ifr.ifr_mtu = atoi(mtu);
+        ioctl(s, SIOCSIFMTU, &ifr);
+    }
+    if_flags(s, ifn, IFF_UP);
+    if (routers) {   /* default route via the first router that takes */
+        char *r = strdup(routers), *save = NULL;
+        for (char *gw = strtok_r(r, " ", &save); gw; gw = strtok_r(NULL, " ", &save)) {
+            struct rtentry rt = {0};
+            struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+            struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst;
+            struct sockaddr_in *gm = (struct sockaddr_in *)&rt.rt_genmask;
+            g->sin_family = dst->sin_family = gm->sin_family = AF_INET;
+            if (inet_pton(AF_INET, gw, &g->sin_addr) != 1) continue;
+            rt.rt_flags = RTF_UP | RTF_GATEWAY;
+            rt.rt_metric = 101;    /* metric 100, like the shell hook (kernel subtracts 1) */
+            rt.rt_dev = (char *)ifn;
+            if (!ioctl(s, SIOCADDRT, &rt) || errno == EEXIST) break;
+        }
+        free(r);
+    }
+    close(s);
+    char path[128], buf[2048];
+    int n = 0;
+    if (domain && *domain) n += snprintf(buf + n, sizeof buf - n, "search %s\n", domain);
+    if (dns) {
+        char *d = strdup(dns), *save = NULL;
+        for (char *x = strtok_r(d, " ", &save); x && n < (int)sizeof buf - 64; x = strtok_r(NULL, " ", &save))
+            n += snprintf(buf + n, sizeof buf - n, "nameserver %s\n", x);
+        free(d);
+    }
+    snprintf(path, sizeof path, NETDIR "/%s.resolv", ifn);
+    write_file(path, buf, O_TRUNC);
+    /* The first NIC with a lease provides /etc/resolv.conf and the address in
+     * /etc/hosts; its renewals rewrite resolv.conf in place (it is bind-mounted). */
+    int first = open(NETDIR "/primary", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (first >= 0) { (void)!write(first, ifn, strlen(ifn)); close(first); }
+    char *primary = line_of(NETDIR, "primary");
+    if (!strcmp(primary, ifn)) {
+        write_file(NETDIR "/resolv.conf", buf, O_TRUNC);
+        char ipl[64];
+        snprintf(ipl, sizeof ipl, "%s\n", ip);
+        write_file(NETDIR "/ip", ipl, O_TRUNC);
+    }
+    free(primary);
+    (void)mask;
+    /* last: the init waits for this file */
+    char ipl[64];
+    snprintf(ipl, sizeof ipl, "%s\n", ip);
+    snprintf(path, sizeof path, NETDIR "/%s.ip", ifn);
+    write_file(path, ipl, O_TRUNC);
+    return 0;
+}
+
+/* -- config drive ------------------------------------------------------------ */
+static int label_is(const char *field, size_t len, const char *want)
+{
+    size_t n = len;
+    while (n && (field[n - 1] == ' ' || field[n - 1] == 0)) n--;
+    return n == strlen(want) && !strncasecmp(field, want, n);
+}
+
+/* "iso9660", "vfat" if /dev/NAME is a filesystem labelled config-2, else NULL. */
+static const char *config_drive_type(const char *name)
+{
+    char dev[64], buf[2048];
+    snprintf(dev, sizeof dev, "/dev/%s", name);
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    const char *type = NULL;
+    if (pread(fd, buf, sizeof buf, 16 * 2048) == (ssize_t)sizeof buf &&
+        buf[0] == 1 && !memcmp(buf + 1, "CD001", 5) && label_is(buf + 40, 32, "config-2"))
+        type = "iso9660";
+    else if (pread(fd, buf, 512, 0) == 512 && (unsigned char)buf[510] == 0x55 &&
+             (unsigned char)buf[511] == 0xaa &&
+             ((buf[38] == 0x29 && label_is(buf + 43, 11, "config-2") && !memcmp(buf + 54, "FAT", 3)) ||
+              (buf[66] == 0x29 && label_is(buf + 71, 11, "config-2") && !memcmp(buf + 82, "FAT", 3))))
+        type = "vfat";
+    close(fd);
+    return type;
+}
+
+static const char *find_config_drive(const char *prefix, char *out, size_t outlen)
+{
+    DIR *d = opendir("/sys/block");
+    struct dirent *e;
+    const char *type = NULL;
+    while (d && (e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, strlen(prefix))) continue;
+        if ((type = config_drive_type(e->d_name))) {
+            snprintf(out, outlen, "%s", e->d_name);
+            break;
+        }
+    }
+    if (d) closedir(d);
+    return type;
+}
+
+static void copy_dir(const char *src, const char *dst)
+{
+    DIR *d = opendir(src);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        size_t len = 0;
+        char *data = slurp(src, e->d_name, &len);
+        if (!data) continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dst, e->d_name);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd >= 0) { (void)!write(fd, data, len); close(fd); }
+        free(data);
+    }
+    if (d) closedir(d);
+}
+
+static void read_config_drive(void)
+{
+    char dev[64] = "";
+    const char *type = find_config_drive("vd", dev, sizeof dev);
+    if (!type) {
+        load_group("cdrom");
+        double until = now() + 2.0;   /* the SCSI scan of the cdrom is asynchronous */
+        while (!(type = find_config_drive("sr", dev, sizeof dev)) &&
+               !(type = find_config_drive("sd", dev, sizeof dev)) && now() < until)
+            usleep(20000);
+    }
+    if (!type) die("no config drive (iso9660 or vfat labelled config-2) found");
+    if (debug) { char b[128]; snprintf(b, sizeof b, "config drive: %s (%s)", dev, type); dbg(b); }
+    if (!strcmp(type, "vfat")) load_group("vfat");
+    char path[80];
+    snprintf(path, sizeof path, "/dev/%s", dev);
+    if (mount(path, "/mnt/cfg", type, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+        die("cannot mount config drive %s (%s): %s", path, type, strerror(errno));
+    struct stat st;
+    if (stat("/mnt/cfg/docker2vm", &st) || !S_ISDIR(st.st_mode)) {
+        umount("/mnt/cfg");
+        die("config drive %s has no docker2vm/ directory", path);
+    }
+    copy_dir("/mnt/cfg/docker2vm", CFG);
+    umount("/mnt/cfg");
+}
+
+/* -- the container root -------------------------------------------------------- */
+static void find_disk(const char *serial, char *out, size_t outlen)
+{
+    DIR *d = opendir("/sys/block");
+    struct dirent *e;
+    *out = 0;
+    while (d && (e = readdir(d))) {
+        const char *fmt = !strncmp(e->d_name, "vd", 2) ? "/sys/block/%s/serial"
+                        : !strncmp(e->d_name, "sd", 2) ? "/sys/block/%s/device/serial" : NULL;
+        if (!fmt) continue;
+        char p[256];
+        snprintf(p, sizeof p, fmt, e->d_name);
+        char *v = line_of(NULL, p);
+        int match = !strcmp(v, serial);
+        free(v);
+        if (match) { snprintf(out, outlen, "%s", e->d_name); break; }
+    }
+    if (d) closedir(d);
+}
+
+static int resize(const char *mnt, const char *dev)
+{
+    int dfd = open(dev, O_RDONLY | O_CLOEXEC);
+    uint64_t bytes = 0;
+    if (dfd < 0 || ioctl(dfd, BLKGETSIZE64, &bytes)) { msg("docker2vm: resize: %s: %s", dev, strerror(errno)); return 1; }
+    close(dfd);
+    struct statfs sf;
+    int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fstatfs(fd, &sf)) { msg("docker2vm: resize: %s: %s", mnt, strerror(errno)); return 1; }
+    uint64_t blocks = bytes / sf.f_bsize;
+    int r = 0;
+    if (ioctl(fd, EXT4_IOC_RESIZE_FS, &blocks) && errno != EINVAL) {
+        msg("docker2vm: resize: %s: %s", mnt, strerror(errno));
+        r = 1;
+    }
+    close(fd);
+    return r;
+}
+
+static void mount_root(void)
+{
+    char *spec = line_of(CFG, "rootfs");
+    char *kind = spec, *id = strchr(spec, ':'), *mode = NULL;
+    if (!id) die("unknown rootfs delivery '%s'", spec);
+    *id++ = 0;
+    if ((mode = strchr(id, ':'))) *mode++ = 0;
+    int rw = mode && !strcmp(mode, "rw");
+    if (!strcmp(kind, "disk")) {
+        load_group("disk");
+        char dev[64], path[96];
+        find_disk(id, dev, sizeof dev);
+        if (!*dev) die("no disk with serial %s", id);
+        char part[160];
+        snprintf(part, sizeof part, "/sys/block/%s/%s1", dev, dev);
+        int partitioned = access(part, F_OK) == 0;
+        snprintf(path, sizeof path, partitioned ? "/dev/%s1" : "/dev/%s", dev);
+        if (mount(path, ROOT, "ext4", 0, NULL))
+            die("cannot mount %s (serial %s) as ext4: %s", path, id, strerror(errno));
+        /* Grow the filesystem to the disk (online) when it is the whole disk. */
+        if (!partitioned) { snprintf(path, sizeof path, "/dev/%s", dev); resize(ROOT, path); }
+    } else if (!strcmp(kind, "9p")) {
+        load_group("9p");
+        if (mount(id, LOWER, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,cache=loose"))
+            die("cannot mount 9p share %s: %s", id, strerror(errno));
+    } else if (!strcmp(kind, "virtiofs")) {
+        load_group("virtiofs");
+        if (mount(id, LOWER, "virtiofs", 0, NULL))
+            die("cannot mount virtiofs share %s: %s", id, strerror(errno));
+    } else die("unknown rootfs delivery '%s:%s'", kind, id);
+    if (strcmp(kind, "disk")) {
+        if (rw) {
+            if (mount(LOWER, ROOT, NULL, MS_MOVE, NULL)) die("cannot move the share to the root: %s", strerror(errno));
+        } else {  /* the share stays untouched: writes go to a tmpfs upper layer */
+            load_group("overlay");
+            mkdir("/run/d2v/rw", 0755);
+            if (mount("d2v-upper", "/run/d2v/rw", "tmpfs", 0, "mode=0755")) die("tmpfs for the overlay: %s", strerror(errno));
+            mkdir("/run/d2v/rw/upper", 0755);
+            mkdir("/run/d2v/rw/work", 0755);
+            if (mount("d2v-root", ROOT, "overlay", 0,
+                      "lowerdir=" LOWER ",upperdir=/run/d2v/rw/upper,workdir=/run/d2v/rw/work,index=off,xino=off"))
+                die("overlay mount failed: %s", strerror(errno));
+        }
+    }
+    if (debug) { char b[128]; snprintf(b, sizeof b, "rootfs %s:%s mounted", kind, id); dbg(b); }
+    free(spec);
+    rootfd = open(ROOT, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = opendir(ROOT);
+    struct dirent *e;
+    int empty = 1;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, "lost+found")) { empty = 0; break; }
+    if (d) closedir(d);
+    if (rootfd < 0 || empty) die("container root is empty");
+}
+
+static int dir_is_empty(const char *rel)
+{
+    int fd = open_in_root(rel, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return 1;          /* absent: a fresh tmpfs */
+    DIR *d = fdopendir(fd);
+    struct dirent *e;
+    int empty = 1;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
+    if (d) closedir(d); else close(fd);
+    return empty;
+}
+
+static void container_mounts(void)
+{
+    static const struct { const char *rel, *type; unsigned long flags; const char *data; } m[] = {
+        { "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL },
+        { "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL },
+        { "dev", "devtmpfs", MS_NOSUID, "mode=0755" },
+        { "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,gid=5,mode=620,ptmxmode=0666" },
+        { "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m" },
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+        if (mount_in_root(m[i].type, m[i].rel, m[i].type, m[i].flags, m[i].data, 1))
+            msg("docker2vm: cannot mount %s on /%s: %s", m[i].type, m[i].rel, strerror(errno));
+    static const char *links[][2] = {
+        { "fd", "/proc/self/fd" }, { "stdin", "/proc/self/fd/0" },
+        { "stdout", "/proc/self/fd/1" }, { "stderr", "/proc/self/fd/2" },
+    };
+    int dev = open_in_root("dev", O_PATH | O_DIRECTORY);
+    for (size_t i = 0; dev >= 0 && i < 4; i++) symlinkat(links[i][1], dev, links[i][0]);
+    if (dev >= 0) close(dev);
+    /* /tmp and /run: a fresh tmpfs unless the image ships content there. */
+    if (dir_is_empty("tmp")) mount_in_root("tmp", "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 1);
+    if (dir_is_empty("run")) mount_in_root("run", "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", 1);
+}
+
+/* Bind /run/d2v/NAME over the container's /etc/NAME (a symlink or an empty
+ * directory there is replaced by a file, as Docker does). */
+static void bind_etc(const char *src, const char *name)
+{
+    int etc = mkdir_in_root("etc", 0755);
+    if (etc < 0) return;
+    struct stat st;
+    if (!fstatat(etc, name, &st, AT_SYMLINK_NOFOLLOW)) {
+        if (S_ISLNK(st.st_mode)) unlinkat(etc, name, 0);
+        else if (S_ISDIR(st.st_mode)) unlinkat(etc, name, AT_REMOVEDIR);
+    }
+    int fd = openat(etc, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd >= 0) close(fd);
+    close(etc);
+    char rel[64];
+    snprintf(rel, sizeof rel, "etc/%s", name);
+    if (mount_in_root(src, rel, NULL, MS_BIND, NULL, 0))
+        msg("docker2vm: cannot bind /etc/%s: %s", name, strerror(errno));
+}
+
+static void network_files(const char *hostname)
+{
+    char *ip = line_of(NETDIR, "ip");
+    char hosts[1024];
+    int n = snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if (*hostname) snprintf(hosts + n, sizeof hosts - n, "%s\t%s\n", *ip ? ip : "127.0.1.1", hostname);
+    write_file("/run/d2v/hosts", hosts, O_TRUNC);
+    char hn[300];
+    snprintf(hn, sizeof hn, "%s\n", *hostname ? hostname : "localhost");
+    write_file("/run/d2v/hostname", hn, O_TRUNC);
+    /* resolv.conf: the primary NIC's, rewritten in place by its renewals */
+    int fd = open(NETDIR "/resolv.conf", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) close(fd);
+    bind_etc("/run/d2v/hosts", "hosts");
+    bind_etc("/run/d2v/hostname", "hostname");
+    bind_etc(NETDIR "/resolv.conf", "resolv.conf");
+    free(ip);
+}
+
+/* -- user: name, uid, uid:gid, name:group, ... in the container's own files --- */
+struct ids { unsigned long uid, gid; char sgids[1024]; char home[1024]; };
+
+static int isnum(const char *s)
+{
+    if (!*s) return 0;
+    for (; *s; s++) if (*s < '0' || *s > '9') return 0;
+    return 1;
+}
+
+/* Split a passwd/group line in place into at most max fields. */
+static int fields(char *line, char **f, int max)
+{
+    int n = 0;
+    line[strcspn(line, "\n")] = 0;
+    f[n++] = line;
+    for (char *p = line; *p && n < max; p++)
+        if (*p == ':') { *p = 0; f[n++] = p + 1; }
+    return n;
+}
+
+/* As runc: supplementary groups are those listing the user by name, unless a
+ * group is given explicitly; an unknown numeric uid gets gid 0 and HOME=/.
+ * Returns NULL, or the error. */
+static const char *resolve_user(const char *spec, FILE *pw, FILE *gr, struct ids *out)
+{
+    static char err[512];
+    char u[256], g[256] = "", name[256] = "", line[4096];
+    char *f[8];
+    snprintf(u, sizeof u, "%s", spec);
+    char *colon = strchr(u, ':');
+    if (colon) { *colon = 0; snprintf(g, sizeof g, "%s", colon + 1); }
+    if (!*u) snprintf(u, sizeof u, "0");
+    int found = 0;
+    out->sgids[0] = 0;
+    snprintf(out->home, sizeof out->home, "/");
+    while (pw && fgets(line, sizeof line, pw)) {
+        int n = fields(line, f, 7);
+        if (n < 4) continue;
+        if ((isnum(u) && !strcmp(f[2], u)) || (!isnum(u) && !strcmp(f[0], u))) {
+            snprintf(name, sizeof name, "%s", f[0]);
+            out->uid = strtoul(f[2], NULL, 10);
+            out->gid = strtoul(f[3], NULL, 10);
+            if (n > 5 && *f[5]) snprintf(out->home, sizeof out->home, "%s", f[5]);
+            found = 1;
+            break;
+        }
+    }
+    if (!found) {
+        if (!isnum(u)) { snprintf(err, sizeof err, "unable to find user %s: no matching entries in passwd file", u); return err; }
+        out->uid = strtoul(u, NULL, 10);
+        out->gid = 0;
+    }
+    if (*g) {
+        if (isnum(g)) out->gid = strtoul(g, NULL, 10);
+        else {
+            int gf = 0;
+            while (gr && fgets(line, sizeof line, gr)) {
+                int n = fields(line, f, 4);
+                if (n >= 3 && !strcmp(f[0], g)) { out->gid = strtoul(f[2], NULL, 10); gf = 1; break; }
+            }
+            if (!gf) { snprintf(err, sizeof err, "unable to find group %s: no matching entries in group file", g); return err; }
+        }
+    } else if (*name) {
+        while (gr && fgets(line, sizeof line, gr)) {
+            int n = fields(line, f, 4);
+            if (n < 4) continue;
+            char *save = NULL;
+            for (char *m = strtok_r(f[3], ",", &save); m; m = strtok_r(NULL, ",", &save))
+                if (!strcmp(m, name)) {
+                    size_t l = strlen(out->sgids);
+                    snprintf(out->sgids + l, sizeof out->sgids - l, "%s%s", l ? "," : "", f[2]);
+                    break;
+                }
+        }
+    }
+    return NULL;
+}
+
+static const char *resolve_user_in_root(const char *spec, struct ids *out)
+{
+    int pfd = open_in_root("etc/passwd", O_RDONLY), gfd = open_in_root("etc/group", O_RDONLY);
+    FILE *pw = pfd >= 0 ? fdopen(pfd, "r") : NULL, *gr = gfd >= 0 ? fdopen(gfd, "r") : NULL;
+    const char *e = resolve_user(spec, pw, gr, out);
+    if (pw) fclose(pw);
+    if (gr) fclose(gr);
+    return e;
+}
+
+/* -- the entrypoint ---------------------------------------------------------------- */
 /* The child: become the container's process. Never returns. */
-static void exec_entrypoint(const char *root, const char *cfg, uid_t uid, gid_t gid,
-                            const char *sgids, const char *home, const sigset_t *oldmask)
+static void exec_entrypoint(const struct ids *ids, const sigset_t *oldmask)
 {
     size_t alen = 0, elen = 0;
-    char *abuf = slurp(cfg, "argv", &alen);
-    char *ebuf = slurp(cfg, "env", &elen);
-    char *wd = slurp(cfg, "workdir", NULL);
-    char *hostname = slurp(cfg, "hostname", NULL);
+    char *abuf = slurp(CFG, "argv", &alen);
+    char *ebuf = slurp(CFG, "env", &elen);
+    char *wd = line_of(CFG, "workdir");
+    char *hostname = line_of(CFG, "hostname");
     if (!abuf || !alen) { msg("docker2vm: error: no command to run (empty Entrypoint and Cmd)"); _exit(127); }
     char **argv = split0(abuf, alen, 0);
     char **env = split0(ebuf ? ebuf : "", ebuf ? elen : 0, 2);
     size_t ne = 0;
     while (env[ne]) ne++;
-    if (!env_get(env, "HOME") && home && *home) {
-        char *h = malloc(strlen(home) + 6);
-        sprintf(h, "HOME=%s", home);
+    if (!env_get(env, "HOME") && *ids->home) {
+        char *h = malloc(strlen(ids->home) + 6);
+        sprintf(h, "HOME=%s", ids->home);
         env[ne++] = h;
     }
-    if (!env_get(env, "HOSTNAME") && hostname && *hostname) {
-        hostname[strcspn(hostname, "\n")] = 0;
+    if (!env_get(env, "HOSTNAME") && *hostname) {
         char *h = malloc(strlen(hostname) + 10);
         sprintf(h, "HOSTNAME=%s", hostname);
         env[ne++] = h;
@@ -189,8 +845,8 @@ static void exec_entrypoint(const char *root, const char *cfg, uid_t uid, gid_t 
 
     gid_t groups[256];
     int ng = 0;
-    if (sgids && strcmp(sgids, "-")) {
-        char *s = strdup(sgids), *save = NULL;
+    if (*ids->sgids) {
+        char *s = strdup(ids->sgids), *save = NULL;
         for (char *t = strtok_r(s, ",", &save); t && ng < 256; t = strtok_r(NULL, ",", &save))
             groups[ng++] = (gid_t)strtoul(t, NULL, 10);
     }
@@ -200,16 +856,13 @@ static void exec_entrypoint(const char *root, const char *cfg, uid_t uid, gid_t 
     int null = open("/dev/null", O_RDONLY);
     if (null >= 0) { dup2(null, 0); if (null) close(null); }
 
-    if (chroot(root) || chdir("/")) { msg("docker2vm: error: chroot %s: %s", root, strerror(errno)); _exit(126); }
-    if (wd) { wd[strcspn(wd, "\n")] = 0; mkdir_p(wd); }   /* as root, like docker */
-    if (setgroups(ng, groups) || setgid(gid) || setuid(uid)) {
-        msg("docker2vm: error: cannot become uid %u gid %u: %s", uid, gid, strerror(errno));
+    if (chroot(ROOT) || chdir("/")) { msg("docker2vm: error: chroot %s: %s", ROOT, strerror(errno)); _exit(126); }
+    if (*wd) mkdir_p(wd);   /* as root, like docker */
+    if (setgroups(ng, groups) || setgid(ids->gid) || setuid(ids->uid)) {
+        msg("docker2vm: error: cannot become uid %lu gid %lu: %s", ids->uid, ids->gid, strerror(errno));
         _exit(126);
     }
-    if (wd) {
-        wd[strcspn(wd, "\n")] = 0;
-        if (*wd && chdir(wd)) { msg("docker2vm: error: chdir %s: %s", wd, strerror(errno)); _exit(126); }
-    }
+    if (*wd && chdir(wd)) { msg("docker2vm: error: chdir %s: %s", wd, strerror(errno)); _exit(126); }
     const char *file = argv[0];
     int err = ENOENT;
     if (strchr(file, '/')) {
@@ -229,46 +882,46 @@ static void exec_entrypoint(const char *root, const char *cfg, uid_t uid, gid_t 
     _exit(err == ENOENT ? 127 : 126);
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void noop(int sig) { (void)sig; }
 
-static int run(int argc, char **argv)
+/* The power button's evdev nodes: input devices named "Power Button". */
+static int open_buttons(struct pollfd *fds, int max)
 {
-    if (argc < 8) { msg("usage: d2vinit run ROOT CFGDIR UID GID SGIDS HOME [BUTTON...]"); return 2; }
-    const char *root = argv[2], *cfg = argv[3];
-    uid_t uid = strtoul(argv[4], NULL, 10);
-    gid_t gid = strtoul(argv[5], NULL, 10);
-    int stopsig = (int)read_long(cfg, "stop_signal", SIGTERM);
-    long stop_timeout = read_long(cfg, "stop_timeout", 10);
-    if (stopsig <= 0 || stopsig >= 65) stopsig = SIGTERM;
+    int n = 0;
+    DIR *d = opendir("/sys/class/input");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < max) {
+        if (strncmp(e->d_name, "event", 5)) continue;
+        char p[300];
+        snprintf(p, sizeof p, "/sys/class/input/%s/device/name", e->d_name);
+        char *name = line_of(NULL, p);
+        int yes = !strcmp(name, "Power Button");
+        free(name);
+        if (!yes) continue;
+        snprintf(p, sizeof p, "/dev/input/%s", e->d_name);
+        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd >= 0) fds[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
+    }
+    if (d) closedir(d);
+    return n;
+}
 
-    /* PID 1 only receives signals it handles: install a handler for every
-     * catchable signal, then block them all and read them from a signalfd. */
-    sigset_t all, old;
-    sigfillset(&all);
-    struct sigaction sa = { .sa_handler = noop };
-    for (int sig = 1; sig < 65; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &sa, NULL);
-    sigprocmask(SIG_BLOCK, &all, &old);
-    int sfd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
+/* Stay PID 1 until the entrypoint ends; never returns. */
+static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, const sigset_t *old)
+{
+    int stopsig = (int)read_long(CFG, "stop_signal", SIGTERM);
+    long stop_timeout = read_long(CFG, "stop_timeout", 10);
+    if (stopsig <= 0 || stopsig >= 65) stopsig = SIGTERM;
 
     struct pollfd fds[1 + MAX_BUTTONS];
     int nfds = 0;
     fds[nfds++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-    for (int i = 8; i < argc && nfds < 1 + MAX_BUTTONS; i++) {
-        int fd = open(argv[i], O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        if (fd >= 0) fds[nfds++] = (struct pollfd){ .fd = fd, .events = POLLIN };
-    }
+    nfds += open_buttons(fds + 1, MAX_BUTTONS);
 
+    dbg("starting entrypoint");
     pid_t child = fork();
-    if (child < 0) { msg("docker2vm: error: fork: %s", strerror(errno)); poweroff(); }
-    if (child == 0) exec_entrypoint(root, cfg, uid, gid, argv[6], argv[7], &old);
+    if (child < 0) die("fork: %s", strerror(errno));
+    if (child == 0) exec_entrypoint(ids, old);
 
     int status = 0, stopping = 0, killed = 0;
     double deadline = 0;
@@ -320,7 +973,7 @@ static int run(int argc, char **argv)
     }
 
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    /* Like the end of a container: everything left is killed at once. */
+    /* Like the end of a container: everything left (and udhcpc) is killed. */
     kill(-1, SIGKILL);
     while (waitpid(-1, NULL, 0) > 0) {}
     if (WIFSIGNALED(status))
@@ -328,47 +981,76 @@ static int run(int argc, char **argv)
     else
         msg("docker2vm: exit status %d", code);
     poweroff();
-    return 0;
 }
 
-static int resize(const char *mnt, const char *dev)
+/* -- /init ----------------------------------------------------------------------- */
+static void __attribute__((noreturn)) boot(void)
 {
-    int dfd = open(dev, O_RDONLY | O_CLOEXEC);
-    uint64_t bytes = 0;
-    if (dfd < 0 || ioctl(dfd, BLKGETSIZE64, &bytes)) { msg("docker2vm: resize: %s: %s", dev, strerror(errno)); return 1; }
-    close(dfd);
-    struct statfs sf;
-    int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fstatfs(fd, &sf)) { msg("docker2vm: resize: %s: %s", mnt, strerror(errno)); return 1; }
-    uint64_t blocks = bytes / sf.f_bsize;
-    if (ioctl(fd, EXT4_IOC_RESIZE_FS, &blocks) && errno != EINVAL) {
-        msg("docker2vm: resize: %s: %s", mnt, strerror(errno));
-        return 1;
-    }
-    return 0;
-}
+    prctl(PR_SET_NAME, "d2vinit");
+    umask(022);
+    setenv("PATH", "/bin", 1);
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    char *cmdline = line_of(NULL, "/proc/cmdline");
+    char padded[4200];
+    snprintf(padded, sizeof padded, " %s ", cmdline);
+    debug = strstr(padded, " docker2vm.debug ") != NULL;
+    free(cmdline);
+    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    mount("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    mkdir_p(NETDIR);
+    mkdir_p(CFG);
+    mkdir_p("/mnt/cfg");
+    mkdir_p(LOWER);
+    mkdir_p(ROOT);
+    /* Quiet console: only the container's output and our own lines. */
+    if (!debug) write_file("/proc/sys/kernel/printk", "1", 0);
+    dbg("init started");
 
-/* insmod FILE...: load modules in order (finit_module), one process for all. */
-static int insmod(int argc, char **argv)
-{
-    int rc = 0;
-    for (int i = 2; i < argc; i++) {
-        int fd = open(argv[i], O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST)) {
-            msg("docker2vm: insmod %s: %s", argv[i], strerror(errno));
-            rc = 1;
-        }
-        if (fd >= 0) close(fd);
-    }
-    return rc;
+    /* PID 1 only receives signals it handles: handle every catchable one,
+     * block them all and read them from a signalfd (in the supervisor). */
+    sigset_t all;
+    sigfillset(&all);
+    struct sigaction sa = { .sa_handler = noop };
+    for (int sig = 1; sig < 65; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &sa, NULL);
+    sigprocmask(SIG_BLOCK, &all, &orig_mask);
+    int sfd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
+
+    load_group("base");
+    double net_started = now();
+    start_network();
+    read_config_drive();
+    char *hostname = line_of(CFG, "hostname");
+    if (*hostname) sethostname(hostname, strlen(hostname));
+    mount_root();
+    container_mounts();
+    wait_network(net_started);
+    dbg("network ready");
+    network_files(hostname);
+    char *spec = line_of(CFG, "user");
+    struct ids ids;
+    const char *err = resolve_user_in_root(spec, &ids);
+    if (err) die("user '%s' cannot be resolved in the image: %s", spec, err);
+    supervise(&ids, sfd, &orig_mask);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc >= 2 && !strcmp(argv[1], "insmod")) return insmod(argc, argv);
-    if (argc >= 2 && !strcmp(argv[1], "run")) return run(argc, argv);
+    const char *base = strrchr(argv[0], '/');
+    base = base ? base + 1 : argv[0];
+    if (!strcmp(base, "udhcpc-hook")) return udhcpc_hook(argc > 1 ? argv[1] : NULL);
+    if (getpid() == 1) boot();
+    if (argc == 5 && !strcmp(argv[1], "resolve-user")) {
+        FILE *pw = fopen(argv[3], "r"), *gr = fopen(argv[4], "r");
+        struct ids ids;
+        const char *e = resolve_user(argv[2], pw, gr, &ids);
+        if (e) { msg("%s", e); return 1; }
+        printf("%lu %lu %s %s\n", ids.uid, ids.gid, *ids.sgids ? ids.sgids : "-", ids.home);
+        return 0;
+    }
     if (argc == 4 && !strcmp(argv[1], "resize")) return resize(argv[2], argv[3]);
     if (argc == 2 && !strcmp(argv[1], "poweroff")) poweroff();
-    msg("usage: d2vinit run|resize|poweroff ...");
+    msg("usage: d2vinit (as /init) | resolve-user SPEC PASSWD GROUP | resize MOUNTPOINT DEVICE | poweroff");
     return 2;
 }

@@ -75,25 +75,35 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n
 GROUP = "root:x:0:\napp:x:1000:\nextra:x:2000:app\nother:x:3000:root,app\n"
 
 
+@pytest.fixture(scope="module")
+def d2vinit_host(tmp_path_factory):
+    """The guest's d2vinit, compiled for the host (its resolve-user entry)."""
+    if not shutil.which("gcc"):
+        pytest.fail("gcc is needed (bindep.txt)", pytrace=False)
+    return base_image.compile_d2vinit(str(tmp_path_factory.mktemp("d2vinit") / "d2vinit"))
+
+
 @pytest.mark.parametrize("spec,out", [
     ("", "0 0 3000 /root"), ("app", "1000 1000 2000,3000 /home/app"),
     ("1000", "1000 1000 2000,3000 /home/app"), ("app:other", "1000 3000 - /home/app"),
     ("1000:3000", "1000 3000 - /home/app"), ("5000", "5000 0 - /"),
     ("5000:7", "5000 7 - /"), ("root:extra", "0 2000 - /root"),
     ("nobody", None), ("app:nogroup", None)])
-def test_user_resolution_in_busybox_awk(tmp_path, spec, out):
-    busybox = shutil.which("busybox")
-    if not busybox:
-        pytest.skip("busybox-static not installed")
+def test_user_resolution(tmp_path, d2vinit_host, spec, out):
     (tmp_path / "passwd").write_text(PASSWD)
     (tmp_path / "group").write_text(GROUP)
-    p = subprocess.run([busybox, "awk", "-v", f"spec={spec}", "-v", f"pw={tmp_path}/passwd",
-                        "-v", f"gr={tmp_path}/group", "-f", os.path.join(HERE, "user.awk")],
-                       capture_output=True, text=True)
+    p = subprocess.run([d2vinit_host, "resolve-user", spec, f"{tmp_path}/passwd",
+                        f"{tmp_path}/group"], capture_output=True, text=True)
     if out is None:
         assert p.returncode != 0 and "unable to find" in p.stderr
     else:
         assert p.returncode == 0 and p.stdout.strip() == out
+
+
+def test_user_resolution_without_passwd_or_group(tmp_path, d2vinit_host):
+    p = subprocess.run([d2vinit_host, "resolve-user", "1234:55", f"{tmp_path}/none",
+                        f"{tmp_path}/none"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "1234 55 - /"
 
 
 def test_config_drive_layout_and_label(tmp_path):
