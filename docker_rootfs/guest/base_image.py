@@ -31,8 +31,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Load groups: modules d2vinit loads (with their dependencies) on demand.
 MODULE_GROUPS = {
-    # Always: PCI virtio disks/NICs, the config drive's iso9660, power button.
-    "base": ["virtio_pci", "virtio_blk", "virtio_net", "isofs", "button", "evdev"],
+    # Always: PCI virtio disks/NICs, power button. (d2vinit reads an
+    # iso9660 config drive's Joliet tree itself.)
+    "base": ["virtio_pci", "virtio_blk", "virtio_net", "button", "evdev"],
+    # An iso9660 config drive without Joliet: mounted.
+    "iso9660": ["isofs"],
     # A config drive on an IDE (pc) or SATA (q35) cdrom, as stock Nova attaches it.
     "cdrom": ["ata_piix", "ahci", "sr_mod"],
     # A vfat config drive (Nova's config_drive_format=vfat).
@@ -189,9 +192,12 @@ def resolve_modules(modules_dir, names):
 
 
 # -- pieces --------------------------------------------------------------------
+D2VINIT_SOURCES = ("d2vinit.c", "dhcp.c")
+
+
 def compile_d2vinit(dest):
-    src = os.path.join(HERE, "d2vinit.c")
-    _run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", dest, src])
+    _run(["gcc", "-static", "-Os", "-s", "-Wall", "-pthread", "-o", dest,
+          *(os.path.join(HERE, n) for n in D2VINIT_SOURCES)])
     return dest
 
 
@@ -237,7 +243,8 @@ class BaseImage:
 
 def _inputs_digest(busybox, k):
     h = hashlib.sha256()
-    for p in (os.path.join(HERE, "d2vinit.c"), os.path.join(HERE, "boot_disk.py"),
+    for p in (*(os.path.join(HERE, n) for n in D2VINIT_SOURCES + ("dhcp.h",)),
+              os.path.join(HERE, "boot_disk.py"),
               os.path.abspath(__file__), busybox):
         with open(p, "rb") as f:
             h.update(f.read())
@@ -258,12 +265,11 @@ def build_initramfs(dest, k, busybox, d2vinit, init_script=None):
     for a in _applets(busybox):
         w.symlink(f"bin/{a}", "busybox")
     if init_script is None:
-        # /init is d2vinit itself; busybox is there for udhcpc, whose hook
-        # is d2vinit again (by its name).
+        # /init is d2vinit itself (DHCP client included); busybox stays for
+        # people debugging a guest (docker2vm.debug, rdinit=/bin/sh).
         with open(d2vinit, "rb") as f:
             w.file("bin/d2vinit", f.read(), 0o755)
         w.symlink("init", "bin/d2vinit")
-        w.symlink("etc/d2v/udhcpc-hook", "/bin/d2vinit")
         added = set()
         for group, names in MODULE_GROUPS.items():
             lines = []

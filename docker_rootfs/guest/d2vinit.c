@@ -3,10 +3,9 @@
  * Contract: docs/guest-contract.md.
  *
  * As /init (PID 1) it:
- *   1. mounts /proc /sys /dev /run, loads the base modules (virtio, the
- *      config drive's iso9660, power button), brings every NIC up and
- *      starts busybox udhcpc on each, in the background (udhcpc keeps
- *      running and renews the lease; its hook is this program again);
+ *   1. mounts /proc /sys /dev /run, loads the base modules (virtio, power
+ *      button), brings every NIC up and starts the DHCP client (dhcp.c, a
+ *      thread that keeps the leases renewed);
  *   2. finds the config drive (iso9660 or vfat labelled config-2: virtio
  *      disks first, then IDE/SATA cdroms) and copies its docker2vm/ files;
  *   3. mounts the container root (disk by serial, grown online; or a 9p or
@@ -25,7 +24,6 @@
  * and the shell version of steps 1-4 spent most of its time there.
  *
  * Other entry points (by argv[0] or argv[1]):
- *   udhcpc-hook EVENT          udhcpc's script (interface config by ioctl)
  *   d2vinit resolve-user SPEC PASSWD GROUP
  *                              prints "UID GID SGIDS HOME" (tests)
  *   d2vinit resize MOUNTPOINT DEVICE
@@ -43,8 +41,6 @@
 #include <grp.h>
 #include <linux/fs.h>
 #include <linux/openat2.h>
-#include <net/if.h>
-#include <net/route.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -67,16 +63,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dhcp.h"
+
 #define EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
 #define MAX_BUTTONS 8
-#define MAX_NICS 16
 
 #define CFG "/run/d2v/cfg"        /* the config drive's docker2vm/ files */
-#define NETDIR "/run/d2v/net"     /* lease files written by the udhcpc hook */
+#define NETDIR "/run/d2v/net"     /* lease files written by the DHCP client */
 #define ROOT "/mnt/root"          /* the container root */
 #define LOWER "/mnt/lower"        /* a share, below the overlay */
 #define MODDIR "/lib/modules"
-#define HOOK "/etc/d2v/udhcpc-hook"
 #define DHCP_WAIT 5.0             /* seconds to wait for every NIC's lease */
 
 static int debug;
@@ -320,154 +316,6 @@ static void load_group(const char *group)
     if (debug) { char b[160]; snprintf(b, sizeof b, "modules %s loaded", group); dbg(b); }
 }
 
-/* -- networking ------------------------------------------------------------- */
-static pid_t dhcp_pids[MAX_NICS];
-static char nic_names[MAX_NICS][IFNAMSIZ];
-static int n_nics;
-
-static int if_flags(int s, const char *ifname, short set)
-{
-    struct ifreq ifr = {0};
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
-    if (ioctl(s, SIOCGIFFLAGS, &ifr)) return -1;
-    ifr.ifr_flags |= set;
-    return ioctl(s, SIOCSIFFLAGS, &ifr);
-}
-
-static void start_network(void)
-{
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return;
-    if_flags(s, "lo", IFF_UP);
-    DIR *d = opendir("/sys/class/net");
-    struct dirent *e;
-    while (d && (e = readdir(d)) && n_nics < MAX_NICS) {
-        if (e->d_name[0] == '.' || !strcmp(e->d_name, "lo") || strlen(e->d_name) >= IFNAMSIZ) continue;
-        if_flags(s, e->d_name, IFF_UP);
-        snprintf(nic_names[n_nics], IFNAMSIZ, "%s", e->d_name);
-        pid_t p = fork();
-        if (p == 0) {
-            sigprocmask(SIG_SETMASK, &orig_mask, NULL);
-            int null = open("/dev/null", O_RDWR);
-            dup2(null, 0); dup2(null, 1); dup2(null, 2);
-            /* -f: stays a child of PID 1 and renews the lease; -t 4 -T 1:
-             * four discovers a second apart, then -A 5 before trying again. */
-            execl("/bin/busybox", "udhcpc", "-i", e->d_name, "-f", "-t", "4", "-T", "1",
-                  "-A", "5", "-s", HOOK, (char *)NULL);
-            _exit(127);
-        }
-        dhcp_pids[n_nics++] = p;
-    }
-    if (d) closedir(d);
-    close(s);
-}
-
-/* Wait until every NIC has a lease (or DHCP_WAIT seconds have passed). */
-static void wait_network(double started)
-{
-    for (;;) {
-        int missing = 0;
-        for (int i = 0; i < n_nics; i++) {
-            char p[128];
-            snprintf(p, sizeof p, NETDIR "/%s.ip", nic_names[i]);
-            if (access(p, F_OK)) missing++;
-        }
-        if (!missing || now() - started > DHCP_WAIT) {
-            if (missing) msg("docker2vm: no DHCP lease on %d of %d NICs after %.0fs; going on",
-                             missing, n_nics, DHCP_WAIT);
-            return;
-        }
-        usleep(10000);
-    }
-}
-
-static int set_addr(int s, const char *ifname, unsigned long req, const char *addr)
-{
-    struct ifreq ifr = {0};
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
-    sin->sin_family = AF_INET;
-    if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1) return -1;
-    return ioctl(s, req, &ifr);
-}
-
-/* udhcpc's script: configure the interface from udhcpc's environment and
- * write the lease files the init waits for. */
-static int udhcpc_hook(const char *event)
-{
-    const char *ifn = getenv("interface");
-    if (!event || !ifn) return 0;
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return 1;
-    if (!strcmp(event, "deconfig")) {
-        set_addr(s, ifn, SIOCSIFADDR, "0.0.0.0");
-        if_flags(s, ifn, IFF_UP);
-        return 0;
-    }
-    if (strcmp(event, "bound") && strcmp(event, "renew")) return 0;
-    const char *ip = getenv("ip"), *subnet = getenv("subnet"), *bcast = getenv("broadcast");
-    const char *routers = getenv("router"), *mtu = getenv("mtu"), *dns = getenv("dns");
-    const char *domain = getenv("domain"), *mask = getenv("mask");
-    if (!ip) return 1;
-    if (set_addr(s, ifn, SIOCSIFADDR, ip)) msg("docker2vm: %s: cannot set address %s: %s", ifn, ip, strerror(errno));
-    if (subnet) set_addr(s, ifn, SIOCSIFNETMASK, subnet);
-    if (bcast) set_addr(s, ifn, SIOCSIFBRDADDR, bcast);
-    if (mtu && atoi(mtu) > 0) {
-        struct ifreq ifr = {0};
-        snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifn);
-        ifr.ifr_mtu = atoi(mtu);
-        ioctl(s, SIOCSIFMTU, &ifr);
-    }
-    if_flags(s, ifn, IFF_UP);
-    if (routers) {   /* default route via the first router that takes */
-        char *r = strdup(routers), *save = NULL;
-        for (char *gw = strtok_r(r, " ", &save); gw; gw = strtok_r(NULL, " ", &save)) {
-            struct rtentry rt = {0};
-            struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
-            struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst;
-            struct sockaddr_in *gm = (struct sockaddr_in *)&rt.rt_genmask;
-            g->sin_family = dst->sin_family = gm->sin_family = AF_INET;
-            if (inet_pton(AF_INET, gw, &g->sin_addr) != 1) continue;
-            rt.rt_flags = RTF_UP | RTF_GATEWAY;
-            rt.rt_metric = 101;    /* metric 100, like the shell hook (kernel subtracts 1) */
-            rt.rt_dev = (char *)ifn;
-            if (!ioctl(s, SIOCADDRT, &rt) || errno == EEXIST) break;
-        }
-        free(r);
-    }
-    close(s);
-    char path[128], buf[2048];
-    int n = 0;
-    if (domain && *domain) n += snprintf(buf + n, sizeof buf - n, "search %s\n", domain);
-    if (dns) {
-        char *d = strdup(dns), *save = NULL;
-        for (char *x = strtok_r(d, " ", &save); x && n < (int)sizeof buf - 64; x = strtok_r(NULL, " ", &save))
-            n += snprintf(buf + n, sizeof buf - n, "nameserver %s\n", x);
-        free(d);
-    }
-    snprintf(path, sizeof path, NETDIR "/%s.resolv", ifn);
-    write_file(path, buf, O_TRUNC);
-    /* The first NIC with a lease provides /etc/resolv.conf and the address in
-     * /etc/hosts; its renewals rewrite resolv.conf in place (it is bind-mounted). */
-    int first = open(NETDIR "/primary", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (first >= 0) { (void)!write(first, ifn, strlen(ifn)); close(first); }
-    char *primary = line_of(NETDIR, "primary");
-    if (!strcmp(primary, ifn)) {
-        write_file(NETDIR "/resolv.conf", buf, O_TRUNC);
-        char ipl[64];
-        snprintf(ipl, sizeof ipl, "%s\n", ip);
-        write_file(NETDIR "/ip", ipl, O_TRUNC);
-    }
-    free(primary);
-    (void)mask;
-    /* last: the init waits for this file */
-    char ipl[64];
-    snprintf(ipl, sizeof ipl, "%s\n", ip);
-    snprintf(path, sizeof path, NETDIR "/%s.ip", ifn);
-    write_file(path, ipl, O_TRUNC);
-    return 0;
-}
-
 /* -- config drive ------------------------------------------------------------ */
 static int label_is(const char *field, size_t len, const char *want)
 {
@@ -530,6 +378,94 @@ static void copy_dir(const char *src, const char *dst)
     if (d) closedir(d);
 }
 
+/* ISO9660 without the kernel's isofs: the Joliet tree (genisoimage -J, as
+ * Nova makes config drives) read straight from the device. Saves loading
+ * isofs and cdrom and a mount under TCG. Returns 0 when /docker2vm/ was read
+ * (files copied to dst), -1 to fall back to mounting. */
+#define ISO_SECTOR 2048
+#define ISO_MAX_FILE (16 << 20)
+
+static uint32_t le32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+
+/* Walk the directory at lba/size: for each entry call fn(name, lba, size, is_dir, arg);
+ * fn returning nonzero stops the walk (the value is returned). */
+static int iso_walk(int fd, uint32_t lba, uint32_t size,
+                    int (*fn)(const char *, uint32_t, uint32_t, int, void *), void *arg)
+{
+    if (size > (1 << 20)) return -1;
+    unsigned char *dir = malloc(size ? size : 1);
+    if (pread(fd, dir, size, (off_t)lba * ISO_SECTOR) != (ssize_t)size) { free(dir); return -1; }
+    int r = 0;
+    for (uint32_t off = 0; off < size && !r;) {
+        unsigned len = dir[off];
+        if (!len) { off = (off / ISO_SECTOR + 1) * ISO_SECTOR; continue; }  /* to the next sector */
+        if (len < 34 || off + len > size || 33 + dir[off + 32] > len) break;
+        unsigned char *rec = dir + off;
+        unsigned nlen = rec[32];
+        char name[128];
+        size_t k = 0;
+        int ok = nlen % 2 == 0 && !(nlen == 1);
+        for (unsigned i = 0; ok && i + 1 < nlen && k < sizeof name - 1; i += 2) {
+            unsigned c = rec[33 + i] << 8 | rec[34 + i];
+            if (c == ';') break;                       /* ";1" version suffix */
+            if (c < 0x20 || c > 0x7e || c == '/') ok = 0;
+            name[k++] = (char)c;
+        }
+        name[k] = 0;
+        if (ok && k && !(rec[25] & 0x80))             /* no multi-extent files */
+            r = fn(name, le32(rec + 2), le32(rec + 10), rec[25] & 2, arg);
+        off += len;
+    }
+    free(dir);
+    return r;
+}
+
+struct iso_ctx { int fd; const char *dst; uint32_t lba, size; int found; };
+
+static int iso_find_docker2vm(const char *name, uint32_t lba, uint32_t size, int is_dir, void *arg)
+{
+    struct iso_ctx *c = arg;
+    if (is_dir && !strcmp(name, "docker2vm")) { c->lba = lba; c->size = size; c->found = 1; return 1; }
+    return 0;
+}
+
+static int iso_copy_file(const char *name, uint32_t lba, uint32_t size, int is_dir, void *arg)
+{
+    struct iso_ctx *c = arg;
+    if (is_dir || name[0] == '.' || !strcmp(name, "config.json")) return 0;  /* for people only */
+    if (size > ISO_MAX_FILE) return -1;
+    char *data = malloc(size ? size : 1), path[512];
+    if (pread(c->fd, data, size, (off_t)lba * ISO_SECTOR) != (ssize_t)size) { free(data); return -1; }
+    snprintf(path, sizeof path, "%s/%s", c->dst, name);
+    int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int ok = out >= 0 && write(out, data, size) == (ssize_t)size;
+    if (out >= 0) close(out);
+    free(data);
+    return ok ? 0 : -1;
+}
+
+static int iso_read_joliet(const char *dev, const char *dst)
+{
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    unsigned char vd[ISO_SECTOR];
+    int r = -1;
+    for (int sector = 16; sector < 32; sector++) {
+        if (pread(fd, vd, sizeof vd, (off_t)sector * ISO_SECTOR) != (ssize_t)sizeof vd ||
+            memcmp(vd + 1, "CD001", 5) || vd[0] == 255)
+            break;
+        if (vd[0] != 2 || vd[88] != '%' || vd[89] != '/' || (vd[90] != '@' && vd[90] != 'C' && vd[90] != 'E'))
+            continue;   /* not the Joliet supplementary descriptor */
+        struct iso_ctx c = { .fd = fd, .dst = dst };
+        iso_walk(fd, le32(vd + 156 + 2), le32(vd + 156 + 10), iso_find_docker2vm, &c);
+        if (!c.found) { r = -2; break; }
+        r = iso_walk(fd, c.lba, c.size, iso_copy_file, &c) ? -1 : 0;
+        break;
+    }
+    close(fd);
+    return r;
+}
+
 static void read_config_drive(void)
 {
     char dev[64] = "";
@@ -543,9 +479,14 @@ static void read_config_drive(void)
     }
     if (!type) die("no config drive (iso9660 or vfat labelled config-2) found");
     if (debug) { char b[128]; snprintf(b, sizeof b, "config drive: %s (%s)", dev, type); dbg(b); }
-    if (!strcmp(type, "vfat")) load_group("vfat");
     char path[80];
     snprintf(path, sizeof path, "/dev/%s", dev);
+    if (!strcmp(type, "iso9660")) {
+        int r = iso_read_joliet(path, CFG);
+        if (r == -2) die("config drive %s has no docker2vm/ directory", path);
+        if (r == 0) { dbg("config drive read"); return; }
+        load_group("iso9660");      /* no Joliet tree: the kernel reads it */
+    } else load_group("vfat");
     if (mount(path, "/mnt/cfg", type, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
         die("cannot mount config drive %s (%s): %s", path, type, strerror(errno));
     struct stat st;
@@ -555,6 +496,7 @@ static void read_config_drive(void)
     }
     copy_dir("/mnt/cfg/docker2vm", CFG);
     umount("/mnt/cfg");
+    dbg("config drive read");
 }
 
 /* -- the container root -------------------------------------------------------- */
@@ -973,7 +915,7 @@ static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, 
     }
 
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    /* Like the end of a container: everything left (and udhcpc) is killed. */
+    /* Like the end of a container: everything left is killed. */
     kill(-1, SIGKILL);
     while (waitpid(-1, NULL, 0) > 0) {}
     if (WIFSIGNALED(status))
@@ -1019,13 +961,16 @@ static void __attribute__((noreturn)) boot(void)
 
     load_group("base");
     double net_started = now();
-    start_network();
+    dhcp_start(NETDIR);
     read_config_drive();
     char *hostname = line_of(CFG, "hostname");
     if (*hostname) sethostname(hostname, strlen(hostname));
     mount_root();
     container_mounts();
-    wait_network(net_started);
+    double left = DHCP_WAIT - (now() - net_started);
+    int missing = dhcp_wait(left > 0 ? left : 0);
+    if (missing) msg("docker2vm: no DHCP lease on %d of %d NICs after %.0fs; going on",
+                     missing, dhcp_nics(), DHCP_WAIT);
     dbg("network ready");
     network_files(hostname);
     char *spec = line_of(CFG, "user");
@@ -1039,7 +984,6 @@ int main(int argc, char **argv)
 {
     const char *base = strrchr(argv[0], '/');
     base = base ? base + 1 : argv[0];
-    if (!strcmp(base, "udhcpc-hook")) return udhcpc_hook(argc > 1 ? argv[1] : NULL);
     if (getpid() == 1) boot();
     if (argc == 5 && !strcmp(argv[1], "resolve-user")) {
         FILE *pw = fopen(argv[3], "r"), *gr = fopen(argv[4], "r");
