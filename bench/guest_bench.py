@@ -41,9 +41,11 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--memory", type=int, default=256)
+    ap.add_argument("--kernel-package", default=None,
+                    help="Debian kernel package for both floor and guest (default: the base image's)")
     args = ap.parse_args(argv)
 
-    base = images.base_image()
+    base = images.base_image(args.kernel_package)
     floor_initrd = os.path.join(images.CACHE, "base", "floor-initrd.img")
     bi.build_floor_initramfs(floor_initrd, bi.find_busybox(str(images.CACHE)))
     archive = images.build_archive("bench", {"/bin/entry": ENTRY},
@@ -98,7 +100,8 @@ def main(argv=None):
         if args.json:
             print(json.dumps(summary, indent=1))
         else:
-            print(f"accel={summary['accel']} runs={args.runs} memory={args.memory}M (medians)")
+            print(f"accel={summary['accel']} runs={args.runs} memory={args.memory}M "
+                  f"kernel={base.version} (medians)")
             print(f"  floor: first line {med['floor_first_line']:.2f}s, qemu exit {med['floor_exit']:.2f}s, "
                   f"PSS {med['floor_pss_kib'] / 1024:.1f} MiB")
             print(f"  guest: entrypoint first line {med['guest_first_line']:.2f}s, "

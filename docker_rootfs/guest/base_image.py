@@ -169,18 +169,37 @@ def slim_module(data, tmp_dir):
         os.unlink(path)
 
 
-def resolve_modules(modules_dir, names):
-    """Module paths for ``names`` and their dependencies, in load order."""
+def _builtin(modules_dir):
+    """Names of the modules built into the kernel (``modules.builtin``)."""
+    try:
+        with open(os.path.join(modules_dir, "modules.builtin")) as f:
+            return {os.path.basename(l.strip())[:-3].replace("-", "_") for l in f if l.strip()}
+    except OSError:
+        return set()
+
+
+def resolve_modules(modules_dir, names, missing=None):
+    """Module paths for ``names`` and their dependencies, in load order.
+
+    Modules built into the kernel need no file and are left out. A name the
+    kernel has neither way raises, unless ``missing`` (a list) is given: then
+    it is appended there and skipped."""
     index = _module_index(modules_dir)
+    builtin = _builtin(modules_dir)
     order, seen = [], set()
 
     def visit(name, chain=()):
         name = SOFTDEP_ALIASES.get(name, name).replace("-", "_")
         if name in seen:
             return
-        if name not in index:
-            raise errors.ToolError(f"kernel module {name} not found in {modules_dir}")
         seen.add(name)
+        if name not in index:
+            if name in builtin:
+                return
+            if missing is not None and not chain:
+                missing.append(name)
+                return
+            raise errors.ToolError(f"kernel module {name} not found in {modules_dir}")
         info = _modinfo(index[name])
         for dep in filter(None, info.get("depends", "").split(",")):
             visit(dep, chain + (name,))
@@ -272,8 +291,15 @@ def build_initramfs(dest, k, busybox, d2vinit, init_script=None):
         w.symlink("init", "bin/d2vinit")
         added = set()
         for group, names in MODULE_GROUPS.items():
-            lines = []
-            for path in resolve_modules(k.modules_dir, names):
+            lines, missing = [], []
+            paths = resolve_modules(k.modules_dir, names, missing)
+            if missing:
+                LOG.warning("kernel %s has no %s: %s", k.version, ", ".join(missing),
+                            "left out" if len(missing) < len(names) else
+                            f"guests of this base image cannot use '{group}'")
+                if len(missing) == len(names):
+                    continue      # no list file: d2vinit says the kernel lacks it
+            for path in paths:
                 base = os.path.basename(path)
                 lines.append(base)
                 if base not in added:

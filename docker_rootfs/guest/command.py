@@ -50,7 +50,8 @@ def register(subparsers):
                    help="also build boot.qcow2: the same kernel, initramfs and command line "
                         "on a BIOS-bootable qcow2 (syslinux), for base_vm_image=")
     p.add_argument("--kernel-package", default=None,
-                   help="Debian kernel package (default: what linux-image-amd64 depends on)")
+                   help="Debian kernel package or meta package (default: linux-image-cloud-amd64, "
+                        "fastest; linux-image-amd64 for 9p shares and q35 SATA config drives)")
     p.set_defaults(func=_base_image)
 
     q = subparsers.add_parser(

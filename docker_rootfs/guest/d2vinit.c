@@ -293,14 +293,16 @@ static int mount_in_root(const char *src, const char *rel, const char *type, uns
 }
 
 /* -- modules ----------------------------------------------------------------- */
-static void load_group(const char *group)
+/* Load the modules of GROUP (MODDIR/GROUP.list, dependency order; empty when
+ * built in). -1 when the base image's kernel has no such group. */
+static int load_group(const char *group)
 {
     char done[128], list[128];
     snprintf(done, sizeof done, "/run/d2v/mod.%s", group);
     snprintf(list, sizeof list, MODDIR "/%s.list", group);
-    if (access(done, F_OK) == 0) return;
+    if (access(done, F_OK) == 0) return 0;
     char *names = slurp(NULL, list, NULL);
-    if (!names) return;
+    if (!names) return -1;
     write_file(done, "", 0);
     char *save = NULL;
     for (char *m = strtok_r(names, "\n", &save); m; m = strtok_r(NULL, "\n", &save)) {
@@ -314,6 +316,14 @@ static void load_group(const char *group)
     }
     free(names);
     if (debug) { char b[160]; snprintf(b, sizeof b, "modules %s loaded", group); dbg(b); }
+    return 0;
+}
+
+static void need_group(const char *group, const char *what)
+{
+    if (load_group(group))
+        die("the base image's kernel has no %s support (modules group '%s'); "
+            "build the base image with a kernel that has it (e.g. linux-image-amd64)", what, group);
 }
 
 /* -- config drive ------------------------------------------------------------ */
@@ -485,8 +495,8 @@ static void read_config_drive(void)
         int r = iso_read_joliet(path, CFG);
         if (r == -2) die("config drive %s has no docker2vm/ directory", path);
         if (r == 0) { dbg("config drive read"); return; }
-        load_group("iso9660");      /* no Joliet tree: the kernel reads it */
-    } else load_group("vfat");
+        need_group("iso9660", "iso9660");   /* no Joliet tree: the kernel reads it */
+    } else need_group("vfat", "vfat");
     if (mount(path, "/mnt/cfg", type, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
         die("cannot mount config drive %s (%s): %s", path, type, strerror(errno));
     struct stat st;
@@ -547,7 +557,7 @@ static void mount_root(void)
     if ((mode = strchr(id, ':'))) *mode++ = 0;
     int rw = mode && !strcmp(mode, "rw");
     if (!strcmp(kind, "disk")) {
-        load_group("disk");
+        need_group("disk", "ext4");
         char dev[64], path[96];
         find_disk(id, dev, sizeof dev);
         if (!*dev) die("no disk with serial %s", id);
@@ -560,11 +570,11 @@ static void mount_root(void)
         /* Grow the filesystem to the disk (online) when it is the whole disk. */
         if (!partitioned) { snprintf(path, sizeof path, "/dev/%s", dev); resize(ROOT, path); }
     } else if (!strcmp(kind, "9p")) {
-        load_group("9p");
+        need_group("9p", "9p");
         if (mount(id, LOWER, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,cache=loose"))
             die("cannot mount 9p share %s: %s", id, strerror(errno));
     } else if (!strcmp(kind, "virtiofs")) {
-        load_group("virtiofs");
+        need_group("virtiofs", "virtiofs");
         if (mount(id, LOWER, "virtiofs", 0, NULL))
             die("cannot mount virtiofs share %s: %s", id, strerror(errno));
     } else die("unknown rootfs delivery '%s:%s'", kind, id);
@@ -572,7 +582,7 @@ static void mount_root(void)
         if (rw) {
             if (mount(LOWER, ROOT, NULL, MS_MOVE, NULL)) die("cannot move the share to the root: %s", strerror(errno));
         } else {  /* the share stays untouched: writes go to a tmpfs upper layer */
-            load_group("overlay");
+            need_group("overlay", "overlayfs");
             mkdir("/run/d2v/rw", 0755);
             if (mount("d2v-upper", "/run/d2v/rw", "tmpfs", 0, "mode=0755")) die("tmpfs for the overlay: %s", strerror(errno));
             mkdir("/run/d2v/rw/upper", 0755);
@@ -861,6 +871,7 @@ static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, 
     nfds += open_buttons(fds + 1, MAX_BUTTONS);
 
     dbg("starting entrypoint");
+    if (debug) { char *st = slurp(NULL, "/proc/stat", NULL); if (st) { st[strcspn(st, "\n")] = 0; msg("docker2vm: %s", st); free(st); } }
     pid_t child = fork();
     if (child < 0) die("fork: %s", strerror(errno));
     if (child == 0) exec_entrypoint(ids, old);
@@ -962,6 +973,7 @@ static void __attribute__((noreturn)) boot(void)
     load_group("base");
     double net_started = now();
     dhcp_start(NETDIR);
+    dbg("dhcp started");
     read_config_drive();
     char *hostname = line_of(CFG, "hostname");
     if (*hostname) sethostname(hostname, strlen(hostname));

@@ -14,15 +14,23 @@ import glob
 import logging
 import lzma
 import os
+import re
 import shutil
+import subprocess
 import tempfile
+import zlib
 
 from docker_rootfs import errors
 from docker_rootfs.guest import tools
 
 LOG = logging.getLogger(__name__)
 
-META_PACKAGE = "linux-image-amd64"
+# Debian's kernel for cloud VMs: ext4, jbd2 and crc32c are built in (about
+# 0.2 s of module loading saved per boot under TCG), and it boots faster than
+# the generic flavor. It has no 9p and no SATA AHCI: base images for 9p shares
+# or q35 SATA config drives take the generic ``linux-image-amd64``.
+META_PACKAGE = "linux-image-cloud-amd64"
+GENERIC_PACKAGE = "linux-image-amd64"
 
 
 @dataclasses.dataclass
@@ -40,35 +48,78 @@ def _run(cmd, **kw):
 
 
 def resolve_package(package=None):
-    """The versioned linux-image package the meta package depends on."""
-    if package and package != META_PACKAGE:
+    """The versioned linux-image package behind ``package`` (a meta package
+    such as ``linux-image-amd64`` or ``linux-image-cloud-amd64``, default
+    :data:`META_PACKAGE`); a versioned package is returned as it is."""
+    package = package or META_PACKAGE
+    if re.match(r"^linux-image-\d", package):
         return package
-    out = _run(["apt-cache", "depends", META_PACKAGE]).stdout
+    out = _run(["apt-cache", "depends", package]).stdout
     if "Depends:" not in out:
         _run(["apt-get", "update", "-q"])
-        out = _run(["apt-cache", "depends", META_PACKAGE]).stdout
+        out = _run(["apt-cache", "depends", package]).stdout
     for line in out.splitlines():
         line = line.strip()
-        if line.startswith("Depends:") and "linux-image-" in line:
+        if line.startswith("Depends:") and re.match(r"^linux-image-\d", line.split()[1]):
             return line.split()[1]
-    raise errors.ToolError(f"cannot tell which kernel {META_PACKAGE} depends on")
+    raise errors.ToolError(f"cannot tell which kernel {package} depends on")
+
+
+def _cached_flavor(cache_dir, meta):
+    """A cached kernel of the flavor of meta package ``meta`` (offline reuse)."""
+    flavor = meta[len("linux-image-"):]
+    pattern = re.compile(r"^kernel-linux-image-[0-9][0-9.]*-[0-9]+-" + re.escape(flavor) + "$")
+    for kdir in sorted(glob.glob(os.path.join(cache_dir, "kernel-linux-image-*")), reverse=True):
+        if pattern.match(os.path.basename(kdir)):
+            k = _find(kdir)
+            if k:
+                return k
+    return None
+
+
+def _xz(data):
+    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+
+
+def _zstd(data):
+    import zstandard
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def _gzip(data):
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+
+
+def _lz4_legacy(data):
+    """The kernel's LZ4 (legacy frame): with the ``lz4`` tool (bindep: lz4)."""
+    if not shutil.which("lz4"):
+        raise errors.ToolError("this kernel is LZ4-compressed: the lz4 tool is needed (apt-get install lz4)")
+    # The bzImage has bytes after the stream: lz4 decodes it, then complains.
+    return subprocess.run(["lz4", "-dc"], input=data, capture_output=True).stdout
+
+
+# bzImage payload formats Debian uses (generic: xz; cloud: lz4), by magic.
+PAYLOADS = ((b"\xfd7zXZ\x00", _xz), (b"\x02\x21\x4c\x18", _lz4_legacy),
+            (b"\x28\xb5\x2f\xfd", _zstd), (b"\x1f\x8b\x08", _gzip))
 
 
 def extract_vmlinux(vmlinuz, dest):
     """Write the uncompressed ELF kernel found inside a bzImage."""
     with open(vmlinuz, "rb") as f:
         data = f.read()
-    for magic, fmt in ((b"\xfd7zXZ\x00", lzma.FORMAT_XZ),):
-        i = data.find(magic)
-        if i >= 0:
-            out = lzma.LZMADecompressor(format=fmt).decompress(data[i:])
-            if out[:4] == b"\x7fELF":
-                tmp = dest + ".tmp"
-                with open(tmp, "wb") as f:
-                    f.write(out)
-                os.replace(tmp, dest)
-                return dest
-    raise errors.ToolError(f"{vmlinuz}: no xz-compressed ELF kernel inside")
+    found = sorted((data.find(magic), fn) for magic, fn in PAYLOADS if data.find(magic) >= 0)
+    for i, fn in found:
+        try:
+            out = fn(data[i:])
+        except (lzma.LZMAError, zlib.error, ValueError, OSError):
+            continue
+        if out[:4] == b"\x7fELF":
+            tmp = dest + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(out)
+            os.replace(tmp, dest)
+            return dest
+    raise errors.ToolError(f"{vmlinuz}: no compressed ELF kernel (xz, lz4, zstd, gzip) inside")
 
 
 def _find(kdir):
@@ -93,12 +144,11 @@ def fetch_kernel(cache_dir, package=None):
     """
     cache_dir = os.path.abspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
-    if package is None:
-        # Reuse whatever is cached before asking apt (offline-friendly).
-        for kdir in sorted(glob.glob(os.path.join(cache_dir, "kernel-linux-image-*"))):
-            k = _find(kdir)
-            if k:
-                return k
+    if not re.match(r"^linux-image-\d", package or META_PACKAGE):
+        # Reuse a cached kernel of that flavor before asking apt (offline-friendly).
+        k = _cached_flavor(cache_dir, package or META_PACKAGE)
+        if k:
+            return k
     package = resolve_package(package)
     kdir = os.path.join(cache_dir, f"kernel-{package}")
     k = _find(kdir)

@@ -22,9 +22,10 @@ APPLETS = ("sh", "echo", "id", "cat", "ls", "hostname", "ip", "sleep", "pwd", "e
            "awk", "sed", "wc", "tr", "kill", "mount", "stat")
 
 
-def base_image():
+def base_image(kernel_package=None):
     from docker_rootfs.guest import base_image as bi
-    return bi.build_base_image(CACHE / "base", cache_dir=CACHE)
+    out = CACHE / ("base" if kernel_package is None else f"base-{kernel_package}")
+    return bi.build_base_image(out, cache_dir=CACHE, kernel_package=kernel_package)
 
 
 def _buildah(root, *args):

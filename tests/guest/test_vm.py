@@ -18,7 +18,7 @@ import tempfile
 
 import pytest
 
-from docker_rootfs.guest import configdrive, contract, qemu
+from docker_rootfs.guest import configdrive, contract, kernel, qemu
 from tests.guest import images
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -91,11 +91,16 @@ def _guest_specs():
                     "stopsignal": "SIGUSR1"},
             meta={}, delivery="disk", stop_timeout=2, powerdown=True),
         # 9p share + tmpfs overlay; default SIGTERM handled gracefully; name:group.
+        # 9p needs the generic kernel (the default cloud kernel has no 9p).
         "9p": dict(
             files={"/bin/stopper": STOPPER},
             config={"entrypoint": ["/bin/stopper"], "env": ["SIG_NAME=TERM"],
                     "user": "app:other"},
-            meta={}, delivery="9p", powerdown=True),
+            meta={}, delivery="9p", powerdown=True, kernel=kernel.GENERIC_PACKAGE),
+        # The same share with the default (cloud) kernel: a clear error, 125.
+        "9p-cloud": dict(
+            files={"/bin/stopper": STOPPER},
+            config={"entrypoint": ["/bin/stopper"]}, meta={}, delivery="9p"),
         # virtiofs share + overlay; numeric uid absent from passwd.
         "virtiofs": dict(
             files={"/bin/stopper": STOPPER},
@@ -150,8 +155,8 @@ def guests():
     for tool in ("qemu-system-x86_64", "buildah", "genisoimage", "gcc"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is needed (bindep.txt)", pytrace=False)
-    base = images.base_image()
     specs = _guest_specs()
+    bases = {k: images.base_image(k) for k in {s.get("kernel") for s in specs.values()}}
     # Build images serially (buildah storage), boot in parallel.
     for name, spec in specs.items():
         archive = images.build_archive(name, spec["files"], spec["config"])
@@ -167,7 +172,7 @@ def guests():
             for name, spec in specs.items():
                 wd = os.path.join(top, name)
                 os.makedirs(wd)
-                futs[name] = pool.submit(_run_guest, name, spec, base, wd)
+                futs[name] = pool.submit(_run_guest, name, spec, bases[spec.get("kernel")], wd)
             results = {name: f.result() for name, f in futs.items()}
         # share digests must be taken before cleanup
         for r in results.values():
@@ -257,6 +262,13 @@ def test_share_overlay_and_graceful_stop(guests, kind):
     assert "got-TERM" in boot.text
     assert boot.exit_status() == 0
     assert r["unchanged"], "the shared tree was written"
+
+
+def test_share_kind_the_kernel_lacks(guests):
+    boot = guests["9p-cloud"]["boot"]
+    _check_off(boot)
+    assert "docker2vm: error: the base image's kernel has no 9p support" in boot.text, boot.text
+    assert boot.exit_status() == 125
 
 
 def test_missing_command(guests):
