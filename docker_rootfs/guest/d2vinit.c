@@ -771,7 +771,7 @@ static const char *resolve_user_in_root(const char *spec, struct ids *out)
 
 /* -- the entrypoint ---------------------------------------------------------------- */
 /* The child: become the container's process. Never returns. */
-static void exec_entrypoint(const struct ids *ids, const sigset_t *oldmask)
+static void exec_entrypoint(const struct ids *ids, const sigset_t *oldmask, int out_fd, int err_fd)
 {
     size_t alen = 0, elen = 0;
     char *abuf = slurp(CFG, "argv", &alen);
@@ -807,6 +807,9 @@ static void exec_entrypoint(const struct ids *ids, const sigset_t *oldmask)
     setsid();
     int null = open("/dev/null", O_RDONLY);
     if (null >= 0) { dup2(null, 0); if (null) close(null); }
+    /* stdout and stderr are pipes, as with `docker run` without -t */
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
 
     if (chroot(ROOT) || chdir("/")) { msg("docker2vm: error: chroot %s: %s", ROOT, strerror(errno)); _exit(126); }
     if (*wd) mkdir_p(wd);   /* as root, like docker */
@@ -858,6 +861,23 @@ static int open_buttons(struct pollfd *fds, int max)
     return n;
 }
 
+/* Copy what the pipe holds to our fd TO (the console). 0 at end of file,
+ * -1 when nothing is there now, else >0. */
+static int relay(int fd, int to)
+{
+    char buf[65536];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n == 0) return 0;
+    if (n < 0) return errno == EAGAIN || errno == EINTR ? -1 : 0;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(to, buf + off, n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += w;
+    }
+    return 1;
+}
+
 /* Stay PID 1 until the entrypoint ends; never returns. */
 static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, const sigset_t *old)
 {
@@ -865,16 +885,24 @@ static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, 
     long stop_timeout = read_long(CFG, "stop_timeout", 10);
     if (stopsig <= 0 || stopsig >= 65) stopsig = SIGTERM;
 
-    struct pollfd fds[1 + MAX_BUTTONS];
+    /* fds: signals, the entrypoint's stdout and stderr pipes, power buttons */
+    struct pollfd fds[3 + MAX_BUTTONS];
+    int outp[2], errp[2];
+    if (pipe2(outp, O_CLOEXEC) || pipe2(errp, O_CLOEXEC)) die("pipe: %s", strerror(errno));
     int nfds = 0;
     fds[nfds++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-    nfds += open_buttons(fds + 1, MAX_BUTTONS);
+    fds[nfds++] = (struct pollfd){ .fd = outp[0], .events = POLLIN };
+    fds[nfds++] = (struct pollfd){ .fd = errp[0], .events = POLLIN };
+    nfds += open_buttons(fds + 3, MAX_BUTTONS);
 
     dbg("starting entrypoint");
-    if (debug) { char *st = slurp(NULL, "/proc/stat", NULL); if (st) { st[strcspn(st, "\n")] = 0; msg("docker2vm: %s", st); free(st); } }
     pid_t child = fork();
     if (child < 0) die("fork: %s", strerror(errno));
-    if (child == 0) exec_entrypoint(ids, old);
+    if (child == 0) exec_entrypoint(ids, old, outp[1], errp[1]);
+    close(outp[1]);
+    close(errp[1]);
+    fcntl(outp[0], F_SETFL, O_NONBLOCK);
+    fcntl(errp[0], F_SETFL, O_NONBLOCK);
 
     int status = 0, stopping = 0, killed = 0;
     double deadline = 0;
@@ -892,7 +920,10 @@ static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, 
             kill(child, SIGKILL);
             killed = 1;
         }
-        for (int i = 1; i < nfds; i++) {
+        for (int i = 1; i < 3; i++)
+            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP)) && !relay(fds[i].fd, i))
+                fds[i].fd = -1;     /* every writer is gone */
+        for (int i = 3; i < nfds; i++) {
             if (!(fds[i].revents & POLLIN)) continue;
             char ev[256];
             while (read(fds[i].fd, ev, sizeof ev) > 0) {}
@@ -929,6 +960,8 @@ static void __attribute__((noreturn)) supervise(const struct ids *ids, int sfd, 
     /* Like the end of a container: everything left is killed. */
     kill(-1, SIGKILL);
     while (waitpid(-1, NULL, 0) > 0) {}
+    for (int i = 1; i < 3; i++)      /* what is left in the pipes, before the last line */
+        while (fds[i].fd >= 0 && relay(fds[i].fd, i) > 0) {}
     if (WIFSIGNALED(status))
         msg("docker2vm: exit status %d (killed by signal %d)", code, WTERMSIG(status));
     else

@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 PROBE = r"""#!/bin/sh
 echo "ARGS=$*"
+[ -t 1 ] && echo "STDOUT=tty" || echo "STDOUT=pipe"
+echo "to-stderr" >&2
 echo "PID=$$"
 echo "PID1=$(cat /proc/1/comm)"
 echo "ID=$(id)"
@@ -202,6 +204,8 @@ def test_disk_semantics(guests):
     _check_off(boot)
     kv = _kv(boot)
     assert kv["ARGS"] == "from-entrypoint from-metadata two words"
+    assert kv["STDOUT"] == "pipe"       # as docker run without -t
+    assert "to-stderr" in boot.text
     assert kv["PID"] != "1" and kv["PID1"] == "d2vinit"
     assert kv["ID"] == "uid=1000(app) gid=1000(app) groups=2000(extra),3000(other)"
     assert kv["PWD"] == "/work/dir"
