@@ -26,6 +26,9 @@
  * Other entry points (by argv[0] or argv[1]):
  *   d2vinit resolve-user SPEC PASSWD GROUP
  *                              prints "UID GID SGIDS HOME" (tests)
+ *   d2vinit dhcp NETDIR WAIT RUN
+ *                              the DHCP client alone on every NIC (tests):
+ *                              waits WAIT s for leases, keeps them RUN s
  *   d2vinit resize MOUNTPOINT DEVICE
  *   d2vinit poweroff
  *
@@ -1038,8 +1041,18 @@ int main(int argc, char **argv)
         printf("%lu %lu %s %s\n", ids.uid, ids.gid, *ids.sgids ? ids.sgids : "-", ids.home);
         return 0;
     }
+    if (argc == 5 && !strcmp(argv[1], "dhcp")) {    /* the DHCP client alone (tests) */
+        int n = dhcp_start(argv[2]);
+        int missing = dhcp_wait(atof(argv[3]));
+        printf("dhcp: %d NICs, %d without a lease\n", n, missing);
+        fflush(stdout);
+        double until = now() + atof(argv[4]);      /* keep renewing meanwhile */
+        while (now() < until) usleep(100000);
+        return missing ? 1 : 0;
+    }
     if (argc == 4 && !strcmp(argv[1], "resize")) return resize(argv[2], argv[3]);
     if (argc == 2 && !strcmp(argv[1], "poweroff")) poweroff();
-    msg("usage: d2vinit (as /init) | resolve-user SPEC PASSWD GROUP | resize MOUNTPOINT DEVICE | poweroff");
+    msg("usage: d2vinit (as /init) | resolve-user SPEC PASSWD GROUP | dhcp NETDIR WAIT RUN | "
+        "resize MOUNTPOINT DEVICE | poweroff");
     return 2;
 }
