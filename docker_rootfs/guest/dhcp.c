@@ -373,7 +373,10 @@ static void receive(struct nic *n, double t)
             n->bound_at = t;
             n->next = t + l.t1;
             if (!was_bound) atomic_fetch_add(&n_bound, 1);
-        } else if (type == NAK && n->state != S_SELECTING) {
+        } else if (type == NAK && (n->state == S_REQUESTING || n->state == S_RENEWING || n->state == S_REBINDING)) {
+            /* only a REQUEST we wait on can be NAKed (RFC 2131 4.4): a stray or
+             * late NAK in INIT or BOUND would drop a good lease, or count the
+             * NIC unbound twice and make dhcp_wait wait for it in vain */
             if (n->state != S_REQUESTING) { deconfigure(n); atomic_fetch_sub(&n_bound, 1); }
             n->state = S_INIT;
             n->next = t;
