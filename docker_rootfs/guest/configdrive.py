@@ -3,7 +3,9 @@
 Nova's layout (``openstack/latest/meta_data.json`` with uuid, hostname,
 name and meta, plus ``vendor_data.json`` and ``network_data.json``), made
 with the same ``genisoimage`` options Nova uses and volume label
-``config-2``. The Nova driver adds the same ``docker2vm/`` files through its
+``config-2``; ``user_data`` (what ``openstack server create --user-data``
+gives, e.g. a ``#cloud-config``) goes to ``openstack/<version>/user_data``
+as Nova writes it. The Nova driver adds the same ``docker2vm/`` files through its
 InstanceMetadata subclass; tests and ``docker2vm`` use
 :func:`build_config_drive` directly.
 """
@@ -22,8 +24,13 @@ VERSIONS = ("2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30"
             "2016-10-06", "2017-02-22", "2018-08-27", "2020-10-14", "latest")
 
 
-def metadata_files(instance_uuid, hostname, name=None, meta=None, extra=None):
-    """``{path: bytes}`` of an OpenStack config drive (Nova's layout)."""
+def metadata_files(instance_uuid, hostname, name=None, meta=None, extra=None, user_data=None):
+    """``{path: bytes}`` of an OpenStack config drive (Nova's layout).
+
+    ``user_data`` (bytes), if given, is written as ``openstack/<version>/user_data``
+    for every version, as Nova does (cloud-init's ConfigDrive datasource
+    reads ``openstack/latest/user_data``).
+    """
     md = {
         "uuid": instance_uuid,
         "hostname": hostname,
@@ -37,6 +44,8 @@ def metadata_files(instance_uuid, hostname, name=None, meta=None, extra=None):
     files = {}
     for v in VERSIONS:
         files[f"openstack/{v}/meta_data.json"] = json.dumps(md).encode()
+        if user_data is not None:
+            files[f"openstack/{v}/user_data"] = bytes(user_data)
         files[f"openstack/{v}/vendor_data.json"] = b"{}"
         if v >= "2015-10-15" or v == "latest":
             files[f"openstack/{v}/network_data.json"] = json.dumps(
@@ -76,12 +85,15 @@ def write_iso(dest, files, label=LABEL):
     return dest
 
 
-def build_config_drive(dest, guest_files, hostname, instance_uuid=None, name=None, meta=None):
+def build_config_drive(dest, guest_files, hostname, instance_uuid=None, name=None, meta=None,
+                       user_data=None):
     """Nova-style config drive at ``dest`` with ``guest_files`` at its root.
 
     ``guest_files`` is what :func:`docker_rootfs.guest.contract.render_guest_files`
-    returns. Returns ``dest``.
+    returns (may be empty: a stock cloud image gets everything from
+    ``user_data``, e.g. :func:`docker_rootfs.guest.cloudinit.render_cloud_config`).
+    Returns ``dest``.
     """
     files = metadata_files(instance_uuid or str(uuid_mod.uuid4()), hostname, name, meta,
-                           extra=guest_files)
+                           extra=guest_files, user_data=user_data)
     return write_iso(dest, files)

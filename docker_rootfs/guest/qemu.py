@@ -58,7 +58,9 @@ class Machine:
     boot_disk: str = ""            # BIOS boot (qcow2) instead of -kernel
     config_drive: str = ""
     config_bus: str = "virtio"     # "virtio" (disk) or "ide" (cdrom, stock Nova on pc)
-    disks: list = dataclasses.field(default_factory=list)   # (path, serial, fmt)
+    # (path, serial, fmt): virtio disks in this order; an empty serial
+    # gives the disk none (a root disk as Nova attaches it)
+    disks: list = dataclasses.field(default_factory=list)
     share: tuple = ()              # ("9p"|"virtiofs", directory, tag)
     nics: int = 1
     memory_mb: int = 256
@@ -87,7 +89,7 @@ class Machine:
                         "-device", "virtio-blk-pci,drive=cfg"]
         for i, (path, serial, fmt) in enumerate(self.disks):
             cmd += ["-drive", f"if=none,id=d{i},file={path},format={fmt},cache=unsafe",
-                    "-device", f"virtio-blk-pci,drive=d{i},serial={serial}"]
+                    "-device", f"virtio-blk-pci,drive=d{i}" + (f",serial={serial}" if serial else "")]
         if self.share:
             kind, directory, tag = self.share
             if kind == "9p":
