@@ -132,9 +132,22 @@ def test_cloud_config():
     doc = json.loads(text.split(b"\n", 1)[1])
     paths = [f["path"] for f in doc["write_files"]]
     assert "/var/lib/docker2vm/docker2vm/argv" in paths
-    assert doc["runcmd"] == [["python3", "/var/lib/docker2vm/launch.py"]]
-    launcher = [f for f in doc["write_files"] if f["path"].endswith("launch.py")][0]
+    # run on every boot by cloud-init's scripts-per-boot, not once by runcmd
+    assert "runcmd" not in doc
+    launcher = [f for f in doc["write_files"] if f["path"] == cloudinit.LAUNCHER_PATH][0]
+    assert launcher["path"].startswith("/var/lib/cloud/scripts/per-boot/")
+    assert launcher["permissions"] == "0700"
+    assert launcher["content"].startswith("#!/usr/bin/env python3\n")
     compile(launcher["content"], "launch.py", "exec")
+    assert doc["bootcmd"] == [cloudinit.STOP_SERIAL_GETTY]
+    subprocess.run(["sh", "-n", "-c", doc["bootcmd"][0]], check=True)
+
+
+def test_config_drive_user_data():
+    md = configdrive.metadata_files("u-1", "h1", user_data=b"#cloud-config\n{}\n")
+    for v in configdrive.VERSIONS:
+        assert md[f"openstack/{v}/user_data"] == b"#cloud-config\n{}\n"
+    assert not any(p.endswith("user_data") for p in configdrive.metadata_files("u-1", "h1"))
 
 
 def test_module_resolution_and_cpio(tmp_path):
