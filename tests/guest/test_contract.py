@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from docker_rootfs import errors
 from docker_rootfs.config import ContainerConfig
 from docker_rootfs.guest import base_image, cloudinit, configdrive, contract
 
@@ -152,9 +153,19 @@ def test_config_drive_user_data():
 
 def test_module_resolution_and_cpio(tmp_path):
     from docker_rootfs.guest import kernel
-    k = kernel.fetch_kernel(os.path.join(os.path.dirname(HERE), "..", ".cache"))
+    cache = os.path.join(os.path.dirname(HERE), "..", ".cache")
+    k = kernel.fetch_kernel(cache, kernel.GENERIC_PACKAGE)
     mods = [os.path.basename(p) for p in base_image.resolve_modules(k.modules_dir, base_image.MODULE_GROUPS["disk"])]
     assert mods[-1] == "ext4.ko" and "jbd2.ko" in mods and "crc32c_generic.ko" in mods
+    # The cloud kernel (default) has ext4 built in, and no 9p at all.
+    cloud = kernel.fetch_kernel(cache)
+    assert "cloud" in cloud.version
+    assert base_image.resolve_modules(cloud.modules_dir, base_image.MODULE_GROUPS["disk"]) == []
+    with pytest.raises(errors.ToolError, match="9p"):
+        base_image.resolve_modules(cloud.modules_dir, base_image.MODULE_GROUPS["9p"])
+    missing = []
+    assert base_image.resolve_modules(cloud.modules_dir, base_image.MODULE_GROUPS["9p"], missing) == []
+    assert missing == ["9pnet_virtio", "9p"]
     out = tmp_path / "i.cpio"
     base_image.build_initramfs(str(out), None, shutil.which("busybox"), None,
                                init_script=base_image.FLOOR_INIT)
