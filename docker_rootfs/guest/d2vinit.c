@@ -537,6 +537,16 @@ static int resize(const char *mnt, const char *dev)
     int dfd = open(dev, O_RDONLY | O_CLOEXEC);
     uint64_t bytes = 0;
     if (dfd < 0 || ioctl(dfd, BLKGETSIZE64, &bytes)) { msg("docker2vm: resize: %s: %s", dev, strerror(errno)); return 1; }
+    /* Nothing to grow (the disk is the image's size): no ioctl. The block
+     * count is the superblock's (s_blocks_count_lo/hi, s_log_block_size). */
+    unsigned char sb[1024];
+    if (pread(dfd, sb, sizeof sb, 1024) == (ssize_t)sizeof sb && sb[0x38] == 0x53 && sb[0x39] == 0xef) {
+        uint64_t count = (uint64_t)sb[4] | sb[5] << 8 | sb[6] << 16 | (uint64_t)sb[7] << 24;
+        if (sb[0x60] & 0x80)       /* INCOMPAT_64BIT: s_blocks_count_hi */
+            count |= ((uint64_t)sb[0x150] | sb[0x151] << 8 | sb[0x152] << 16 | (uint64_t)sb[0x153] << 24) << 32;
+        uint32_t log = sb[24] | sb[25] << 8;
+        if (log < 7 && bytes / (1024u << log) <= count) { close(dfd); return 0; }
+    }
     close(dfd);
     struct statfs sf;
     int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
