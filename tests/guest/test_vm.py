@@ -108,6 +108,11 @@ def _guest_specs():
             files={"/bin/stopper": STOPPER},
             config={"entrypoint": ["/bin/stopper"], "env": ["SIG_NAME=TERM"], "user": "5000"},
             meta={}, delivery="virtiofs", powerdown=True),
+        # A vfat config drive (Nova's config_drive_format=vfat) on a virtio disk.
+        "vfat": dict(
+            files={}, config={"cmd": ["/bin/sh", "-c", "echo vfat-config-drive $FOO"],
+                              "env": ["FOO=read"]},
+            meta={}, delivery="disk", config_format="vfat"),
         # An entrypoint that does not exist: 127, still powers off.
         "notfound": dict(
             files={}, config={"cmd": ["no-such-command"]}, meta={}, delivery="disk"),
@@ -137,7 +142,8 @@ def _run_guest(name, spec, base, workdir):
     files = contract.render_guest_files(config, f"guest-{name}", spec["meta"], delivery,
                                         stop_timeout=spec.get("stop_timeout", 10))
     cfg = configdrive.build_config_drive(os.path.join(workdir, "config.iso"), files,
-                                         f"guest-{name}", meta=spec["meta"])
+                                         f"guest-{name}", meta=spec["meta"],
+                                         fmt=spec.get("config_format", "iso9660"))
     machine = qemu.Machine(kernel=base.vmlinux, initrd=base.initrd, cmdline=base.cmdline,
                            config_drive=cfg, config_bus=spec.get("config_bus", "virtio"),
                            nics=spec.get("nics", 1), **machine_kw)
@@ -273,6 +279,13 @@ def test_share_kind_the_kernel_lacks(guests):
     _check_off(boot)
     assert "docker2vm: error: the base image's kernel has no 9p support" in boot.text, boot.text
     assert boot.exit_status() == 125
+
+
+def test_vfat_config_drive(guests):
+    boot = guests["vfat"]["boot"]
+    _check_off(boot)
+    assert "vfat-config-drive read" in boot.text, boot.text
+    assert boot.exit_status() == 0
 
 
 def test_missing_command(guests):
