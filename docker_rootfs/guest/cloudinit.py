@@ -33,7 +33,7 @@ STOP_SERIAL_GETTY = ("if [ -d /run/systemd/system ]; then "
                      "systemctl stop --no-block 'serial-getty@*.service'; fi")
 
 LAUNCHER = r'''#!/usr/bin/env python3
-import os, signal, subprocess, sys
+import os, signal, subprocess, sys, threading
 D = "/var/lib/docker2vm/docker2vm"
 R = "/mnt/docker2vm/root"
 class Fail(Exception):
@@ -141,26 +141,37 @@ def run():
         os.setgroups(sg); os.setgid(gid); os.setuid(uid)
         os.chdir(wd)
         os.setsid()
-    # The entrypoint writes straight to the console (a tty, as under the
-    # docker2vm init), not through cloud-init's tee and journald.
+    # stdout and stderr are pipes (as with docker run without -t, and as
+    # under the docker2vm init), copied to the console by two threads: not
+    # through cloud-init's tee and journald.
     try:
         out = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
     except OSError:
-        out = None
+        out = 1
     try:
         p = subprocess.Popen(argv, env=env, preexec_fn=child, stdin=subprocess.DEVNULL,
-                             stdout=out, stderr=out)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError as e:
         raise Fail("exec %s: %s" % (argv[0], e.strerror), 127)
     except OSError as e:
         raise Fail("exec %s: %s" % (argv[0], e.strerror), 126)
     except subprocess.SubprocessError:
         raise Fail("cannot chroot, chdir %s or become uid %d gid %d" % (wd, uid, gid), 126)
-    if out is not None:
-        os.close(out)
+    def relay(src):
+        while True:
+            b = os.read(src.fileno(), 65536)
+            if not b:
+                return
+            while b:
+                b = b[os.write(out, b):]
+    relays = [threading.Thread(target=relay, args=(f,), daemon=True) for f in (p.stdout, p.stderr)]
+    for t in relays:
+        t.start()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda n, f: p.send_signal(stopsig if n == signal.SIGTERM else n))
     rc = p.wait()
+    for t in relays:        # the rest of the output, before the exit line
+        t.join(2)
     return rc if rc >= 0 else 128 - rc
 ran = False
 try:
