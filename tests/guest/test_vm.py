@@ -113,6 +113,13 @@ def _guest_specs():
             files={}, config={"cmd": ["/bin/sh", "-c", "echo vfat-config-drive $FOO"],
                               "env": ["FOO=read"]},
             meta={}, delivery="disk", config_format="vfat"),
+        # Setup failures: a clear line, 125, and the VM still powers off.
+        "no-config-drive": dict(
+            files={}, config={"cmd": ["/bin/true"]}, meta={}, delivery="disk",
+            no_config_drive=True),
+        "unknown-user": dict(
+            files={}, config={"cmd": ["/bin/true"], "user": "nosuchuser"}, meta={},
+            delivery="disk"),
         # An entrypoint that does not exist: 127, still powers off.
         "notfound": dict(
             files={}, config={"cmd": ["no-such-command"]}, meta={}, delivery="disk"),
@@ -144,6 +151,8 @@ def _run_guest(name, spec, base, workdir):
     cfg = configdrive.build_config_drive(os.path.join(workdir, "config.iso"), files,
                                          f"guest-{name}", meta=spec["meta"],
                                          fmt=spec.get("config_format", "iso9660"))
+    if spec.get("no_config_drive"):
+        cfg = ""
     machine = qemu.Machine(kernel=base.vmlinux, initrd=base.initrd, cmdline=base.cmdline,
                            config_drive=cfg, config_bus=spec.get("config_bus", "virtio"),
                            nics=spec.get("nics", 1), **machine_kw)
@@ -286,6 +295,18 @@ def test_vfat_config_drive(guests):
     _check_off(boot)
     assert "vfat-config-drive read" in boot.text, boot.text
     assert boot.exit_status() == 0
+
+
+@pytest.mark.parametrize("name,line", [
+    ("no-config-drive", "docker2vm: error: no config drive (iso9660 or vfat labelled config-2) found"),
+    ("unknown-user", "docker2vm: error: user 'nosuchuser' cannot be resolved in the image: "
+                     "unable to find user nosuchuser"),
+])
+def test_setup_failure_is_one_line_125_and_poweroff(guests, name, line):
+    boot = guests[name]["boot"]
+    _check_off(boot)
+    assert any(l.startswith(line) for _, l in boot.lines), boot.text
+    assert boot.exit_status() == 125
 
 
 def test_missing_command(guests):
