@@ -12,7 +12,12 @@ a tmpfs overlay), sets up /proc, /sys, /dev, binds /etc/hosts,
 passwd/group, runs the entrypoint with its env, workdir and user, its
 stdout and stderr on /dev/console (not through cloud-init's
 ``tee``/journald, which prefix and reorder lines), prints
-``docker2vm: exit status N`` there and powers off. ``bootcmd`` stops the
+``docker2vm: exit status N`` there and powers off. Under systemd the
+per-boot script re-runs itself as a transient unit (``systemd-run``,
+``KillMode=mixed``) so that a stop (power button -> poweroff) reaches the
+launcher, which sends the image's StopSignal and SIGKILLs the entrypoint's
+process group after the stop timeout, as the docker2vm init does; without
+systemd it runs directly. ``bootcmd`` stops the
 serial getty each boot, before it starts, so no login prompt lands in the
 middle of the container's output. Booted in tests/guest/test_cloudinit_vm.py
 on a Debian 12 image built by tests/guest/cloudimage.py.
@@ -167,12 +172,59 @@ def run():
     relays = [threading.Thread(target=relay, args=(f,), daemon=True) for f in (p.stdout, p.stderr)]
     for t in relays:
         t.start()
+    stop_timeout = int(rd("stop_timeout", "10") or 10)
+    def kill():
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    def stop(n, f):
+        # SIGTERM = stop (systemd stopping the unit, e.g. after the power
+        # button): the image's StopSignal, SIGKILL after the stop timeout.
+        if n != signal.SIGTERM:
+            p.send_signal(n)
+            return
+        p.send_signal(stopsig)
+        if not stopping:
+            stopping.append(threading.Timer(stop_timeout, kill))
+            stopping[0].daemon = True
+            stopping[0].start()
+    stopping = []
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, lambda n, f: p.send_signal(stopsig if n == signal.SIGTERM else n))
+        signal.signal(s, stop)
     rc = p.wait()
+    for t in stopping:
+        t.cancel()
+    # from here on a stop only waits for the exit line (the process is gone)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for t in relays:        # the rest of the output, before the exit line
         t.join(2)
     return rc if rc >= 0 else 128 - rc
+def as_unit():
+    # Under systemd, run as our own transient service rather than inside
+    # cloud-final.service (KillMode=process): a stop (power button ->
+    # poweroff) then sends SIGTERM to this launcher only (KillMode=mixed),
+    # which turns it into the StopSignal and the grace period; SIGKILL to
+    # what is left after TimeoutStopSec. --no-block: cloud-init goes on.
+    if os.environ.get("DOCKER2VM_UNIT") or not os.path.exists("/run/systemd/system"):
+        return False
+    t = int(rd("stop_timeout", "10") or 10)
+    try:
+        r = subprocess.run(["systemd-run", "--quiet", "--no-block", "--collect",
+                            "--unit=docker2vm-container", "--setenv=DOCKER2VM_UNIT=1",
+                            "--property=KillMode=mixed", "--property=KillSignal=SIGTERM",
+                            "--property=TimeoutStopSec=%d" % (t + 5),
+                            sys.executable, os.path.realpath(sys.argv[0])],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError:
+        return False
+    if r.returncode:
+        console("docker2vm: systemd-run failed (%s), running in cloud-init" %
+                r.stderr.decode(errors="replace").strip())
+        return False
+    return True
+if as_unit():
+    sys.exit(0)
 ran = False
 try:
     code = run()
@@ -185,7 +237,13 @@ except Exception as e:
     code = 125
 console("docker2vm: exit status %d" % code)
 os.sync()
-subprocess.run(["systemctl", "poweroff"] if os.path.exists("/run/systemd/system") else ["poweroff"])
+if os.path.exists("/run/systemd/system"):
+    # Already shutting down (stopped by the power button): nothing to do.
+    state = subprocess.run(["systemctl", "is-system-running"], capture_output=True).stdout
+    if state.strip() != b"stopping":
+        subprocess.run(["systemctl", "poweroff"], capture_output=True)
+else:
+    subprocess.run(["poweroff"])
 sys.exit(0 if ran else 1)
 '''
 
