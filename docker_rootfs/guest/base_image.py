@@ -211,7 +211,7 @@ def resolve_modules(modules_dir, names, missing=None):
 
 
 # -- pieces --------------------------------------------------------------------
-D2VINIT_SOURCES = ("d2vinit.c", "dhcp.c")
+D2VINIT_SOURCES = ("d2vinit.c", "dhcp.c", "d2vutil.c")
 
 
 def compile_d2vinit(dest):
@@ -262,7 +262,7 @@ class BaseImage:
 
 def _inputs_digest(busybox, k):
     h = hashlib.sha256()
-    for p in (*(os.path.join(HERE, n) for n in D2VINIT_SOURCES + ("dhcp.h",)),
+    for p in (*(os.path.join(HERE, n) for n in D2VINIT_SOURCES + ("dhcp.h", "d2vutil.h")),
               os.path.join(HERE, "boot_disk.py"),
               os.path.abspath(__file__), busybox):
         with open(p, "rb") as f:

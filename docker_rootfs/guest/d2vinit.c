@@ -20,7 +20,8 @@
  *      SIGKILL after stop_timeout, prints "docker2vm: exit status N" and
  *      powers the machine off.
  *
- * One process does all of it: under TCG every fork+exec costs about 10 ms,
+ * One process does all of it (with dhcp.c, and d2vutil.c for what both
+ * share): under TCG every fork+exec costs about 10 ms,
  * and the shell version of steps 1-4 spent most of its time there.
  *
  * Other entry points (by argv[0] or argv[1]):
@@ -66,6 +67,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "d2vutil.h"
 #include "dhcp.h"
 
 #define EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
@@ -80,27 +82,6 @@
 
 static int debug;
 static sigset_t orig_mask;        /* the signal mask children get back */
-
-static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void msg(const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
-    buf[n++] = '\n';
-    (void)!write(2, buf, n);
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void dbg(const char *what)
 {
@@ -147,48 +128,6 @@ static void __attribute__((noreturn, format(printf, 1, 2))) die(const char *fmt,
 }
 
 /* -- small file helpers ---------------------------------------------------- */
-/* Read a whole file; malloc'd, NUL-terminated, size in *len. NULL if absent. */
-static char *slurp(const char *dir, const char *name, size_t *len)
-{
-    char path[4096];
-    if (dir) snprintf(path, sizeof path, "%s/%s", dir, name);
-    else snprintf(path, sizeof path, "%s", name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap + 1);
-    for (;;) {
-        if (n == cap) buf = realloc(buf, (cap *= 2) + 1);
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        n += r;
-    }
-    close(fd);
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}
-
-/* The first line of a file (no newline), malloc'd; "" if absent. */
-static char *line_of(const char *dir, const char *name)
-{
-    char *s = slurp(dir, name, NULL);
-    if (!s) return strdup("");
-    s[strcspn(s, "\n")] = 0;
-    return s;
-}
-
-static int write_file(const char *path, const char *data, int flags)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0644);
-    if (fd < 0) return -1;
-    size_t n = strlen(data);
-    int ok = write(fd, data, n) == (ssize_t)n;
-    close(fd);
-    return ok ? 0 : -1;
-}
-
 /* Split a NUL-separated (and NUL-terminated) buffer into a NULL-ended vector. */
 static char **split0(char *buf, size_t len, int extra)
 {
@@ -561,6 +500,21 @@ static int resize(const char *mnt, const char *dev)
     return r;
 }
 
+/* Does the directory open at FD (closed here) hold an entry other than
+ * ".", ".." and IGNORE? */
+static int has_entries(int fd, const char *ignore)
+{
+    if (fd < 0) return 0;
+    DIR *d = fdopendir(fd);
+    if (!d) { close(fd); return 0; }
+    struct dirent *e;
+    int found = 0;
+    while (!found && (e = readdir(d)))
+        found = strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !(ignore && !strcmp(e->d_name, ignore));
+    closedir(d);
+    return found;
+}
+
 static void mount_root(void)
 {
     char *spec = line_of(CFG, "rootfs");
@@ -608,26 +562,14 @@ static void mount_root(void)
     if (debug) { char b[128]; snprintf(b, sizeof b, "rootfs %s:%s mounted", kind, id); dbg(b); }
     free(spec);
     rootfd = open(ROOT, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    DIR *d = opendir(ROOT);
-    struct dirent *e;
-    int empty = 1;
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, "lost+found")) { empty = 0; break; }
-    if (d) closedir(d);
-    if (rootfd < 0 || empty) die("container root is empty");
+    if (rootfd < 0 || !has_entries(open(ROOT, O_RDONLY | O_DIRECTORY | O_CLOEXEC), "lost+found"))
+        die("container root is empty");
 }
 
 static int dir_is_empty(const char *rel)
 {
     int fd = open_in_root(rel, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return 1;          /* absent: a fresh tmpfs */
-    DIR *d = fdopendir(fd);
-    struct dirent *e;
-    int empty = 1;
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
-    if (d) closedir(d); else close(fd);
-    return empty;
+    return fd < 0 || !has_entries(fd, NULL);    /* absent: a fresh tmpfs */
 }
 
 static void container_mounts(void)

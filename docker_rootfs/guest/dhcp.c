@@ -26,7 +26,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "d2vutil.h"
 #include "dhcp.h"
 
 #define MAX_NICS 16
@@ -78,35 +78,11 @@ static int n_nics;
 static atomic_int n_bound;
 static const char *netdir;
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void note(const char *fmt, ...)
-{
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
-    buf[n++] = '\n';
-    (void)!write(2, buf, n);
-}
-
 static void put_file(const char *name, const char *data)
 {
     char path[256];
     snprintf(path, sizeof path, "%s/%s", netdir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);   /* in place */
-    if (fd < 0) return;
-    (void)!write(fd, data, strlen(data));
-    close(fd);
+    write_file(path, data, O_TRUNC);     /* in place: resolv.conf is bind-mounted */
 }
 
 /* -- interface configuration ------------------------------------------------ */
@@ -142,7 +118,7 @@ static void add_route(int s, const char *ifn, struct in_addr dst, struct in_addr
     rt.rt_metric = 101;          /* metric 100 (the kernel subtracts one) */
     rt.rt_dev = (char *)ifn;
     if (ioctl(s, SIOCADDRT, &rt) && errno != EEXIST)
-        note("docker2vm: %s: cannot add a route: %s", ifn, strerror(errno));
+        msg("docker2vm: %s: cannot add a route: %s", ifn, strerror(errno));
 }
 
 static void configure(struct nic *n, const struct lease *l)
@@ -151,7 +127,7 @@ static void configure(struct nic *n, const struct lease *l)
     if (s < 0) return;
     /* same address again (a renewal): the kernel keeps it and its routes */
     if (ifreq_addr(s, n->name, SIOCSIFADDR, l->ip))
-        note("docker2vm: %s: cannot set the address: %s", n->name, strerror(errno));
+        msg("docker2vm: %s: cannot set the address: %s", n->name, strerror(errno));
     if (l->mask.s_addr) ifreq_addr(s, n->name, SIOCSIFNETMASK, l->mask);
     if (l->bcast.s_addr) ifreq_addr(s, n->name, SIOCSIFBRDADDR, l->bcast);
     if (l->mtu >= 576) {
@@ -190,16 +166,14 @@ static void configure(struct nic *n, const struct lease *l)
     put_file(buf, resolv);
     char path[256];
     snprintf(path, sizeof path, "%s/primary", netdir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd >= 0) { (void)!write(fd, n->name, strlen(n->name)); close(fd); }
-    char primary[IFNAMSIZ + 1] = "";
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) { ssize_t r = read(fd, primary, IFNAMSIZ); if (r > 0) primary[r] = 0; close(fd); }
+    write_file(path, n->name, O_EXCL);      /* the first NIC only */
+    char *primary = line_of(netdir, "primary");
     snprintf(buf, sizeof buf, "%s\n", ip);
     if (!strcmp(primary, n->name)) {
         put_file("resolv.conf", resolv);
         put_file("ip", buf);
     }
+    free(primary);
     char name[64];
     snprintf(name, sizeof name, "%s.ip", n->name);
     put_file(name, buf);
@@ -298,7 +272,7 @@ static int parse(struct nic *n, const unsigned char *p, size_t len, struct lease
 static void new_xid(struct nic *n)
 {
     if (getrandom(&n->xid, sizeof n->xid, GRND_NONBLOCK) != sizeof n->xid)
-        n->xid = (uint32_t)(mono() * 1e6) ^ (uint32_t)n->mac[5] << 24;
+        n->xid = (uint32_t)(now() * 1e6) ^ (uint32_t)n->mac[5] << 24;
 }
 
 static const struct in_addr BCAST = { .s_addr = 0xffffffff };
@@ -332,7 +306,7 @@ static void tick(struct nic *n, double t)
     case S_REBINDING: {
         double since = t - n->bound_at;
         if (since >= n->cur.lease) {   /* expired */
-            note("docker2vm: %s: DHCP lease expired", n->name);
+            msg("docker2vm: %s: DHCP lease expired", n->name);
             deconfigure(n);
             atomic_fetch_sub(&n_bound, 1);
             n->state = S_INIT;
@@ -389,7 +363,7 @@ static void *client(void *arg)
     (void)arg;
     struct pollfd fds[MAX_NICS];
     for (;;) {
-        double t = mono(), next = t + 3600;
+        double t = now(), next = t + 3600;
         for (int i = 0; i < n_nics; i++) {
             tick(&nics[i], t);
             if (nics[i].next < next) next = nics[i].next;
@@ -397,7 +371,7 @@ static void *client(void *arg)
         }
         int ms = (int)((next - t) * 1000) + 1;
         if (poll(fds, n_nics, ms < 0 ? 0 : ms) < 0 && errno != EINTR) return NULL;
-        t = mono();
+        t = now();
         for (int i = 0; i < n_nics; i++)
             if (fds[i].revents & POLLIN) receive(&nics[i], t);
     }
@@ -429,12 +403,12 @@ int dhcp_start(const char *dir)
             setsockopt(n->fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) ||
             setsockopt(n->fd, SOL_SOCKET, SO_BINDTODEVICE, n->name, strlen(n->name) + 1) ||
             bind(n->fd, (struct sockaddr *)&sa, sizeof sa)) {
-            note("docker2vm: %s: no DHCP socket: %s", n->name, strerror(errno));
+            msg("docker2vm: %s: no DHCP socket: %s", n->name, strerror(errno));
             if (n->fd >= 0) close(n->fd);
             continue;
         }
         n->state = S_INIT;
-        tick(n, mono());        /* the first DISCOVER goes out now */
+        tick(n, now());        /* the first DISCOVER goes out now */
         n_nics++;
     }
     if (d) closedir(d);
@@ -446,7 +420,7 @@ int dhcp_start(const char *dir)
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
         pthread_attr_setstacksize(&at, 64 * 1024);
         if (pthread_create(&th, &at, client, NULL)) {
-            note("docker2vm: DHCP client thread: %s", strerror(errno));
+            msg("docker2vm: DHCP client thread: %s", strerror(errno));
             n_nics = 0;
         }
     }
@@ -455,8 +429,8 @@ int dhcp_start(const char *dir)
 
 int dhcp_wait(double seconds)
 {
-    double until = mono() + seconds;
-    while (atomic_load(&n_bound) < n_nics && mono() < until) usleep(2000);
+    double until = now() + seconds;
+    while (atomic_load(&n_bound) < n_nics && now() < until) usleep(2000);
     return n_nics - atomic_load(&n_bound);
 }
 
