@@ -3,7 +3,6 @@ and real glance-api servers (gunicorn, sqlite, file store) on 127.0.0.1."""
 
 import contextlib
 import functools
-import hashlib
 import http.server
 import io
 import json
@@ -335,12 +334,6 @@ def staging_leftovers(server, image_id=None):
     return names
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -48,6 +48,7 @@ import subprocess
 import tempfile
 import time
 
+from tests.fixtures.build_fixtures import mounts_under
 from tests.guest import images
 
 CACHE = images.CACHE / "cloudimage"
@@ -140,26 +141,15 @@ def _stop_group(proc):
     proc.wait()
 
 
-def _mounts_under(path):
-    path = os.path.realpath(path)
-    found = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            mnt = line.split()[1].replace("\\040", " ")
-            if mnt == path or mnt.startswith(path + "/"):
-                found.append(mnt)
-    return found
-
-
 def _remove_tree(path):
     """Unmount whatever is mounted under ``path`` (deepest first), then
     remove it; refuse to remove a tree that still has a mount in it."""
-    for mnt in sorted(_mounts_under(path), key=len, reverse=True):
+    for mnt in sorted(mounts_under(path), key=len, reverse=True):
         subprocess.run(["umount", mnt], capture_output=True)
-    left = _mounts_under(path)
+    left = mounts_under(path)
     for mnt in sorted(left, key=len, reverse=True):
         subprocess.run(["umount", "-l", mnt], capture_output=True)
-    left = _mounts_under(path)
+    left = mounts_under(path)
     if left:
         raise RuntimeError(f"still mounted, not removing {path}: {left}")
     shutil.rmtree(path, ignore_errors=True)
@@ -176,8 +166,8 @@ def _debootstrap(root, log):
         if dlog.exists():
             detail = "\n".join(dlog.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"{exc}\n{detail}") from None
-    if _mounts_under(root):
-        raise RuntimeError(f"debootstrap left mounts: {_mounts_under(root)}")
+    if mounts_under(root):
+        raise RuntimeError(f"debootstrap left mounts: {mounts_under(root)}")
 
 
 def _configure(root):

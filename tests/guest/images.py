@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import tarfile
@@ -138,3 +139,14 @@ def tree_digest(path):
             st = os.lstat(p)
             h.update(f"{os.path.relpath(p, path)} {st.st_mode} {st.st_uid} {st.st_size}\n".encode())
     return h.hexdigest()
+
+
+def console_kv(boot):
+    """``{KEY: value}`` of the first ``KEY=value`` console line per key (the
+    probes in the guest tests print their findings that way)."""
+    out = {}
+    for _, line in boot.lines:
+        m = re.match(r"^([A-Z_0-9]+)=(.*)$", line)
+        if m:
+            out.setdefault(m.group(1), m.group(2))
+    return out

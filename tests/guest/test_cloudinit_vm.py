@@ -20,14 +20,13 @@ the whole module takes about seven minutes once the image is cached
 (about two more to build it).
 """
 
-import hashlib
 import json
-import re
 import shutil
 
 import pytest
 
 from docker_rootfs.guest import cloudinit, configdrive, contract, qemu
+from tests.fixtures.build_fixtures import sha256_file
 from tests.guest import cloudimage, images
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -59,14 +58,6 @@ while :; do sleep 1; done
 CONFIG = {"entrypoint": ["/bin/probe", "from-entrypoint"], "cmd": ["from-cmd", "two words"],
           "env": ["GREETING=hello"], "user": "app", "workingdir": "/work/dir"}
 META = {"docker_env": json.dumps({"BAZ": "qux"})}
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _machine(image, wd, name, files, config, meta, stop_timeout=None):
@@ -103,7 +94,7 @@ def boots(tmp_path_factory):
             pytest.fail(f"{tool} is needed (bindep.txt)", pytrace=False)
     image = cloudimage.build(log=lambda m: print("[cloudimage] " + m))
     shared = images.rootfs_disk(images.build_archive("cloudinit", {"/bin/probe": PROBE}, CONFIG))
-    before = {p: _sha256(p) for p in (shared, image.disk)}
+    before = {p: sha256_file(p) for p in (shared, image.disk)}
     top = tmp_path_factory.mktemp("cloudinit")
     probe = _machine(image, top / "probe", "cloudinit", {"/bin/probe": PROBE}, CONFIG, META)
     # The same instance twice: `openstack server start` after it powered off.
@@ -111,23 +102,14 @@ def boots(tmp_path_factory):
     notfound = _machine(image, top / "notfound", "cloudinit-notfound", {},
                         {"cmd": ["no-such-command"]}, {})
     results["notfound"] = _boot(notfound, "missing command")
-    results["unchanged"] = all(_sha256(p) == digest for p, digest in before.items())
+    results["unchanged"] = all(sha256_file(p) == digest for p, digest in before.items())
     return results
-
-
-def _kv(boot):
-    out = {}
-    for _, line in boot.lines:
-        m = re.match(r"^([A-Z_0-9]+)=(.*)$", line)
-        if m:
-            out.setdefault(m.group(1), m.group(2))
-    return out
 
 
 def _check(boot, n):
     assert not boot.timed_out, boot.text
     assert boot.returncode == 0, boot.text      # the guest powered itself off
-    kv = _kv(boot)
+    kv = images.console_kv(boot)
     assert kv.get("ARGS") == "from-entrypoint from-cmd two words", boot.text
     assert kv["GREETING"] == "hello" and kv["BAZ"] == "qux"
     assert kv["ID"] == "uid=1000(app) gid=1000(app) groups=2000(extra),3000(other)"

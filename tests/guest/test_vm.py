@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 
 import pytest
@@ -199,15 +198,6 @@ def guests():
         shutil.rmtree(top, ignore_errors=True)
 
 
-def _kv(boot):
-    out = {}
-    for _, line in boot.lines:
-        m = re.match(r"^([A-Z_0-9]+)=(.*)$", line)
-        if m:
-            out.setdefault(m.group(1), m.group(2))
-    return out
-
-
 def _check_off(boot):
     assert not boot.timed_out, boot.text
     assert boot.returncode == 0, boot.text   # guest powered itself off: SHUTOFF
@@ -217,7 +207,7 @@ def test_disk_semantics(guests):
     r = guests["disk"]
     boot = r["boot"]
     _check_off(boot)
-    kv = _kv(boot)
+    kv = images.console_kv(boot)
     assert kv["ARGS"] == "from-entrypoint from-metadata two words"
     assert kv["STDOUT"] == "pipe"       # as docker run without -t
     assert "to-stderr" in boot.text
@@ -247,7 +237,7 @@ def test_disk_semantics(guests):
 def test_shell_form_uid_gid_two_nics(guests):
     boot = guests["shell"]["boot"]
     _check_off(boot)
-    kv = _kv(boot)
+    kv = images.console_kv(boot)
     assert "shell-form sh" in boot.text
     assert kv["ID"] == "uid=1000(app) gid=3000(other)"   # explicit group: no supplementary
     assert kv["PWD"] == "/" and kv["PATH"] == "/bin"
@@ -272,7 +262,7 @@ def test_share_overlay_and_graceful_stop(guests, kind):
     r = guests[kind]
     boot = r["boot"]
     _check_off(boot)
-    kv = _kv(boot)
+    kv = images.console_kv(boot)
     if kind == "9p":
         assert kv["USER"] == "1000:3000:3000 HOME=/home/app"
     else:
