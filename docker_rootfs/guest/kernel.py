@@ -47,12 +47,17 @@ def _run(cmd, **kw):
     return tools.run(cmd, text=True, **kw)
 
 
+def _versioned(package):
+    """``linux-image-6.1.0-56-amd64`` is; the meta ``linux-image-amd64`` is not."""
+    return re.match(r"^linux-image-\d", package) is not None
+
+
 def resolve_package(package=None):
     """The versioned linux-image package behind ``package`` (a meta package
     such as ``linux-image-amd64`` or ``linux-image-cloud-amd64``, default
     :data:`META_PACKAGE`); a versioned package is returned as it is."""
     package = package or META_PACKAGE
-    if re.match(r"^linux-image-\d", package):
+    if _versioned(package):
         return package
     out = _run(["apt-cache", "depends", package]).stdout
     if "Depends:" not in out:
@@ -60,7 +65,7 @@ def resolve_package(package=None):
         out = _run(["apt-cache", "depends", package]).stdout
     for line in out.splitlines():
         line = line.strip()
-        if line.startswith("Depends:") and re.match(r"^linux-image-\d", line.split()[1]):
+        if line.startswith("Depends:") and _versioned(line.split()[1]):
             return line.split()[1]
     raise errors.ToolError(f"cannot tell which kernel {package} depends on")
 
@@ -144,7 +149,7 @@ def fetch_kernel(cache_dir, package=None):
     """
     cache_dir = os.path.abspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
-    if not re.match(r"^linux-image-\d", package or META_PACKAGE):
+    if not _versioned(package or META_PACKAGE):
         # Reuse a cached kernel of that flavor before asking apt (offline-friendly).
         k = _cached_flavor(cache_dir, package or META_PACKAGE)
         if k:
