@@ -297,10 +297,15 @@ def _hardlink(path, primary, node):
 
 
 class ByteBudget:
-    """Uncompressed bytes read so far in one pass over all layers."""
+    """Uncompressed bytes read so far in one pass over all layers, and, for
+    the whole-image compression ratio, the compressed bytes read of the
+    compressed layers (``packed``) and what they decompressed to
+    (``unpacked``)."""
 
     def __init__(self):
         self.used = 0
+        self.packed = 0
+        self.unpacked = 0
 
 
 class Flattener:

@@ -30,8 +30,9 @@ class Limits:
     max_path_depth: int = _limit(
         256, "Most path components of a layer entry.")
     max_compression_ratio: int = _limit(
-        250, "Largest uncompressed/compressed ratio of a compressed blob "
-             "(after its first 64 MiB), against decompression bombs.")
+        250, "Largest uncompressed/compressed ratio of one compressed blob, "
+             "and of all compressed layers of an image together (each checked "
+             "after its first 64 MiB of output), against decompression bombs.")
     max_json_size: int = _limit(
         8 * MiB, "Largest manifest, index or config JSON document read.")
     max_archive_entries: int = _limit(

@@ -13,7 +13,7 @@ import logging
 import tarfile
 
 from docker_rootfs import errors
-from docker_rootfs.archive import layouts, streams
+from docker_rootfs.archive import layertar, layouts, streams
 from docker_rootfs.archive.outer import OuterArchive, parse_json
 from docker_rootfs.config import ContainerConfig
 from docker_rootfs.flatten import Flattener
@@ -62,11 +62,12 @@ class LayerReader:
                 f"{what}: media type {layer.media_type} says {declared} but the blob is {comp}")
         layer.compression = comp
         body = streams.PrefixedReader(head, blob)
-        data = streams.LimitedReader(
-            streams.DecompressErrors(streams.decompressor(comp, body), what),
-            "max_total_bytes", img.limits.max_total_bytes, "all layers",
-            source=blob if comp != "none" else None,
-            max_ratio=img.limits.max_compression_ratio, used=budget.used)
+        plain = streams.DecompressErrors(streams.decompressor(comp, body), what)
+        if comp != "none":
+            plain = streams.RatioGuard(plain, blob, img.limits.max_compression_ratio, what,
+                                       totals=budget)
+        data = streams.LimitedReader(plain, "max_total_bytes", img.limits.max_total_bytes,
+                                     "all layers", used=budget.used)
         # An uncompressed blob already verified under the same digest needs no second hash.
         same = comp == "none" and layer.digest == layer.diff_id
         diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)",
@@ -79,6 +80,8 @@ class LayerReader:
             raise errors.ArchiveError(f"{what}: truncated or corrupt tar: {exc}") from None
         finally:
             budget.used = data.count
+            if comp != "none":
+                plain.close()
         blob.verify()
         diff.verify()
 
@@ -86,16 +89,7 @@ class LayerReader:
     def _iterate(stream, what, empty):
         if empty:
             return
-        tf = tarfile.open(fileobj=streams.ForwardReader(stream), mode="r:",
-                          encoding="utf-8", errors="surrogateescape")
-        ordinal = 0
-        while True:
-            m = tf.next()
-            if m is None:
-                break
-            tf.members.clear()   # stream mode would keep every header otherwise
-            yield ordinal, m, tf
-            ordinal += 1
+        yield from layertar.iterate_members(stream)
 
 
 class Image:

@@ -76,9 +76,11 @@ class OuterArchive:
         with open(self.path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
             counted = streams.DigestReader(src, "image archive")
             reader = streams.LimitedReader(
-                streams.DecompressErrors(streams.decompressor(compression, counted), "image archive"),
-                "max_total_bytes", self.limits.max_total_bytes, "decompressed image archive",
-                source=counted, max_ratio=self.limits.max_compression_ratio)
+                streams.RatioGuard(
+                    streams.DecompressErrors(streams.decompressor(compression, counted),
+                                             "image archive"),
+                    counted, self.limits.max_compression_ratio, "image archive"),
+                "max_total_bytes", self.limits.max_total_bytes, "decompressed image archive")
             shutil.copyfileobj(reader, dst, streams.CHUNK)
         LOG.info("decompressed %d bytes into %s", size, self._tmp)
         return fd

@@ -104,17 +104,14 @@ class DigestReader:
 
 
 class LimitedReader:
-    """Enforces a byte budget (and, against a compressed source counted by
-    ``source``, a compression ratio) on what passes through."""
+    """Enforces a byte budget on what passes through; ``used`` bytes of it
+    were spent before (by earlier layers)."""
 
-    def __init__(self, raw, limit_name, maximum, what, source=None,
-                 max_ratio=None, used=0):
+    def __init__(self, raw, limit_name, maximum, what, used=0):
         self._raw = raw
         self._limit_name = limit_name
         self._max = maximum
         self._what = what
-        self._source = source
-        self._max_ratio = max_ratio
         self.count = used
 
     def read(self, n=-1):
@@ -122,13 +119,54 @@ class LimitedReader:
         self.count += len(data)
         if self.count > self._max:
             raise errors.LimitExceeded(self._limit_name, self.count, self._max, self._what)
-        if (self._source is not None and self._max_ratio
-                and self.count > RATIO_GRACE_BYTES and self._source.count):
-            ratio = self.count // self._source.count
-            if ratio > self._max_ratio:
-                raise errors.LimitExceeded("max_compression_ratio", ratio,
-                                           self._max_ratio, self._what)
         return data
+
+
+class RatioGuard:
+    """Refuses decompression bombs: the output of one compressed blob
+    against the compressed bytes read of that same blob (``source``, a
+    counting reader below the decompressor), and, with ``totals``, the
+    output of all compressed blobs against all their compressed bytes, so a
+    bomb split into many small layers is refused too. Each ratio is checked
+    once its output passes :data:`RATIO_GRACE_BYTES`. ``totals`` is any
+    object with ``packed`` and ``unpacked`` counters (a ByteBudget)."""
+
+    def __init__(self, raw, source, max_ratio, what, totals=None):
+        self._raw = raw
+        self._source = source
+        self._max_ratio = max_ratio
+        self._what = what
+        self._totals = totals
+        self._seen = source.count   # compressed bytes already added to totals
+        if totals is not None:
+            totals.packed += self._seen
+        self.count = 0
+
+    def read(self, n=-1):
+        data = self._raw.read(n)
+        self.count += len(data)
+        packed = self._source.count
+        self._check(self.count, packed, self._what)
+        if self._totals is not None:
+            t = self._totals
+            t.unpacked += len(data)
+            t.packed += packed - self._seen
+            self._seen = packed
+            self._check(t.unpacked, t.packed, "all compressed layers")
+        return data
+
+    def close(self):
+        """Count compressed bytes read after the last decompressed byte
+        (trailers, padding) in the totals."""
+        if self._totals is not None:
+            self._totals.packed += self._source.count - self._seen
+            self._seen = self._source.count
+
+    def _check(self, unpacked, packed, what):
+        if self._max_ratio and unpacked > RATIO_GRACE_BYTES and packed:
+            ratio = unpacked // packed
+            if ratio > self._max_ratio:
+                raise errors.LimitExceeded("max_compression_ratio", ratio, self._max_ratio, what)
 
 
 class ForwardReader:

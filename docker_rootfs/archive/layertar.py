@@ -1,0 +1,106 @@
+"""Reading one layer's tar stream with the end-of-stream rules of Go's
+``archive/tar``, which Docker, containerd and podman all use.
+
+Python's :mod:`tarfile` differs from Go's reader at the end of a stream in
+both directions:
+
+* it refuses a stream that ends right after the last member's data, with
+  no padding to 512 bytes and no end-of-archive blocks (as ``umoci insert``
+  writes layers): Go takes a clean end of stream anywhere after a member's
+  data as the end of the archive, so we do too;
+* it silently ends the archive at a header cut short, at a header with a
+  bad checksum, or at one zero block followed by anything: Go refuses a
+  header cut short and a non-zero block where a header must be
+  (``ErrUnexpectedEOF``, ``ErrHeader``), so we do too.
+
+A member whose data is cut short stays an error, as in Go.
+"""
+
+import tarfile
+
+from docker_rootfs import errors
+from docker_rootfs.archive.streams import ForwardReader
+
+BLOCK = tarfile.BLOCKSIZE
+ZERO_BLOCK = bytes(BLOCK)
+
+
+class LayerTarError(errors.ArchiveError):
+    """Raised from inside tarfile's header parsing; not a tarfile error, so
+    tarfile passes it through instead of treating it as the end."""
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        buf = tf.fileobj.read(BLOCK)
+        if 0 < len(buf) < BLOCK:
+            raise LayerTarError(f"tar header cut short at byte {tf.offset} "
+                                f"({len(buf)} of {BLOCK} bytes)")
+        if buf == ZERO_BLOCK:
+            # End-of-archive: Go reads one more block; a clean end of stream
+            # or a second zero block ends the archive, anything else is wrong.
+            second = tf.fileobj.read(BLOCK)
+            if second and second != ZERO_BLOCK:
+                raise LayerTarError(
+                    f"invalid tar data after the end-of-archive block at byte {tf.offset}")
+            raise tarfile.EOFHeaderError("end of file header")
+        try:
+            obj = cls.frombuf(buf, tf.encoding, tf.errors)
+        except tarfile.InvalidHeaderError as exc:
+            raise LayerTarError(f"invalid tar header at byte {tf.offset}: {exc}") from None
+        obj.offset = tf.fileobj.tell() - BLOCK
+        return obj._proc_member(tf)
+
+
+class _EndAwareReader(ForwardReader):
+    """A :class:`ForwardReader` that returns short reads only at the end of
+    the stream (some decompressors return less than asked), and remembers
+    where the stream ended."""
+
+    def __init__(self, raw):
+        super().__init__(raw)
+        self.end = None
+
+    def read(self, n=-1):
+        data = super().read(n)
+        if n is None or n < 0 or len(data) == n:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = super().read(n - got)
+            if not more:
+                self.end = self._pos
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+
+def iterate_members(stream):
+    """Yield ``(ordinal, TarInfo, TarFile)`` for each member of ``stream``
+    (a readable object), in order. Content is read through the TarFile
+    (``extractfile``) before asking for the next member, or skipped."""
+    reader = _EndAwareReader(stream)
+    tf = tarfile.open(fileobj=reader, mode="r:", tarinfo=_StrictTarInfo,
+                      encoding="utf-8", errors="surrogateescape")
+    ordinal = 0
+    last = None
+    while True:
+        try:
+            m = tf.next()
+        except tarfile.ReadError as exc:
+            if (str(exc) == "unexpected end of data" and last is not None
+                    and reader.end is not None
+                    and reader.end >= last.offset_data + last.size):
+                # The stream ended inside the last member's padding.
+                return
+            raise
+        if m is None:
+            return
+        tf.members.clear()   # tarfile would keep every header otherwise
+        last = m
+        yield ordinal, m, tf
+        ordinal += 1
