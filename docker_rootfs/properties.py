@@ -18,7 +18,8 @@ CONTRACT_VERSION = "1"
 
 DELIVERY_DISK = "disk"     # Approach 2: ext4-in-qcow2 rootfs disk
 DELIVERY_SHARE = "share"   # Approach 1: archive shared into the guest (9p/virtiofs)
-DELIVERIES = (DELIVERY_DISK, DELIVERY_SHARE)
+DELIVERY_BUNDLE = "bundle"  # Approach 3: self-contained bootable disk (docs/bundle.md)
+DELIVERIES = (DELIVERY_DISK, DELIVERY_SHARE, DELIVERY_BUNDLE)
 
 # name -> (ContainerConfig attribute, encoding)
 CONFIG_PROPERTIES = {

@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/blkpg.h>
 #include <linux/fs.h>
 #include <linux/openat2.h>
 #include <netinet/in.h>
@@ -79,6 +80,8 @@
 #define LOWER "/mnt/lower"        /* a share, below the overlay */
 #define MODDIR "/lib/modules"
 #define DHCP_WAIT 5.0             /* seconds to wait for every NIC's lease */
+#define BUNDLE "/etc/d2v/bundle"  /* a bundle's baked-in docker2vm/ files (its second initrd) */
+#define MD "/run/d2v/md"          /* a bundle's instance metadata (meta_data.json, user_data) */
 
 static int debug;
 static sigset_t orig_mask;        /* the signal mask children get back */
@@ -372,12 +375,12 @@ static int iso_walk(int fd, uint32_t lba, uint32_t size,
     return r;
 }
 
-struct iso_ctx { int fd; const char *dst; uint32_t lba, size; int found; };
+struct iso_ctx { int fd; const char *dst; uint32_t lba, size; int found; const char *want; };
 
 static int iso_find_docker2vm(const char *name, uint32_t lba, uint32_t size, int is_dir, void *arg)
 {
     struct iso_ctx *c = arg;
-    if (is_dir && !strcmp(name, "docker2vm")) { c->lba = lba; c->size = size; c->found = 1; return 1; }
+    if (is_dir && !strcmp(name, c->want ? c->want : "docker2vm")) { c->lba = lba; c->size = size; c->found = 1; return 1; }
     return 0;
 }
 
@@ -396,7 +399,10 @@ static int iso_copy_file(const char *name, uint32_t lba, uint32_t size, int is_d
     return ok ? 0 : -1;
 }
 
-static int iso_read_joliet(const char *dev, const char *dst)
+/* Copy the files of the directory PATH (names, NULL-ended) of the Joliet
+ * tree to DST: 0, -2 when the directory is not there, -1 to fall back to
+ * mounting. */
+static int iso_read_joliet_dir(const char *dev, const char *const *dirpath, const char *dst)
 {
     int fd = open(dev, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -408,8 +414,14 @@ static int iso_read_joliet(const char *dev, const char *dst)
             break;
         if (vd[0] != 2 || vd[88] != '%' || vd[89] != '/' || (vd[90] != '@' && vd[90] != 'C' && vd[90] != 'E'))
             continue;   /* not the Joliet supplementary descriptor */
-        struct iso_ctx c = { .fd = fd, .dst = dst };
-        iso_walk(fd, le32(vd + 156 + 2), le32(vd + 156 + 10), iso_find_docker2vm, &c);
+        struct iso_ctx c = { .fd = fd, .dst = dst, .lba = le32(vd + 156 + 2), .size = le32(vd + 156 + 10) };
+        for (const char *const *d = dirpath; *d; d++) {
+            uint32_t lba = c.lba, size = c.size;
+            c.found = 0;
+            c.want = *d;
+            iso_walk(fd, lba, size, iso_find_docker2vm, &c);
+            if (!c.found) break;
+        }
         if (!c.found) { r = -2; break; }
         r = iso_walk(fd, c.lba, c.size, iso_copy_file, &c) ? -1 : 0;
         break;
@@ -418,7 +430,36 @@ static int iso_read_joliet(const char *dev, const char *dst)
     return r;
 }
 
-static void read_config_drive(void)
+static int iso_read_joliet(const char *dev, const char *dst)
+{
+    static const char *const dir[] = { "docker2vm", NULL };
+    return iso_read_joliet_dir(dev, dir, dst);
+}
+
+static void apply_overrides(void);
+
+/* A bundle (Approach 3) carries its docker2vm/ files; a config drive, if
+ * any, only brings the instance's metadata (Nova's openstack/latest/
+ * meta_data.json and user_data), which may override them. */
+static void read_instance_metadata(const char *path, const char *type)
+{
+    static const char *const dir[] = { "openstack", "latest", NULL };
+    mkdir_p(MD);
+    if (!strcmp(type, "iso9660")) {
+        int r = iso_read_joliet_dir(path, dir, MD);
+        if (r == -2) { dbg("config drive has no openstack/latest/"); return; }
+        if (r == 0) { apply_overrides(); return; }
+        need_group("iso9660", "iso9660");
+    } else need_group("vfat", "vfat");
+    if (mount(path, "/mnt/cfg", type, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+        die("cannot mount config drive %s (%s): %s", path, type, strerror(errno));
+    copy_dir("/mnt/cfg/openstack/latest", MD);
+    umount("/mnt/cfg");
+    apply_overrides();
+}
+
+/* BUNDLE: the configuration is baked in and the config drive is optional. */
+static void read_config_drive(int bundle)
 {
     char dev[64] = "";
     const char *type = find_config_drive("vd", dev, sizeof dev);
@@ -429,10 +470,12 @@ static void read_config_drive(void)
                !(type = find_config_drive("sd", dev, sizeof dev)) && now() < until)
             usleep(20000);
     }
+    if (!type && bundle) { dbg("no config drive: baked-in configuration"); return; }
     if (!type) die("no config drive (iso9660 or vfat labelled config-2) found");
     if (debug) { char b[128]; snprintf(b, sizeof b, "config drive: %s (%s)", dev, type); dbg(b); }
     char path[80];
     snprintf(path, sizeof path, "/dev/%s", dev);
+    if (bundle) { read_instance_metadata(path, type); dbg("config drive read"); return; }
     if (!strcmp(type, "iso9660")) {
         int r = iso_read_joliet(path, CFG);
         if (r == -2) die("config drive %s has no docker2vm/ directory", path);
@@ -449,6 +492,298 @@ static void read_config_drive(void)
     copy_dir("/mnt/cfg/docker2vm", CFG);
     umount("/mnt/cfg");
     dbg("config drive read");
+}
+
+/* -- a bundle's overrides: a small JSON reader ------------------------------
+ * Stock Nova gives the server metadata only as JSON (meta_data.json "meta",
+ * string values) and the user data as it was given. The docker_* keys are
+ * applied as docs/guest-contract.md says (the host-side rules of
+ * contract.resolve); server metadata wins over user data. */
+static const char *jws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    return p;
+}
+
+static int hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The JSON string at P, decoded (UTF-8, no NUL) into *OUT (malloc'd); the
+ * text after it, or NULL. */
+static const char *jstr(const char *p, char **out)
+{
+    p = jws(p);
+    if (*p != '"') return NULL;
+    p++;
+    size_t cap = 64, n = 0;
+    char *s = malloc(cap);
+    while (*p != '"') {
+        if (n + 8 > cap) s = realloc(s, cap *= 2);
+        if (!*p || (unsigned char)*p < 0x20) goto bad;
+        if (*p != '\\') { s[n++] = *p++; continue; }
+        p++;
+        char c = *p++;
+        unsigned u;
+        switch (c) {
+        case '"': case '\\': case '/': s[n++] = c; break;
+        case 'b': s[n++] = '\b'; break;
+        case 'f': s[n++] = '\f'; break;
+        case 'n': s[n++] = '\n'; break;
+        case 'r': s[n++] = '\r'; break;
+        case 't': s[n++] = '\t'; break;
+        case 'u':
+            if (hex4(p, &u)) goto bad;
+            p += 4;
+            if (u >= 0xd800 && u < 0xdc00 && p[0] == '\\' && p[1] == 'u') {
+                unsigned lo;
+                if (!hex4(p + 2, &lo) && lo >= 0xdc00 && lo < 0xe000) {
+                    u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+                    p += 6;
+                }
+            }
+            if (!u) goto bad;
+            if (u < 0x80) s[n++] = (char)u;
+            else if (u < 0x800) { s[n++] = (char)(0xc0 | u >> 6); s[n++] = (char)(0x80 | (u & 0x3f)); }
+            else if (u < 0x10000) { s[n++] = (char)(0xe0 | u >> 12); s[n++] = (char)(0x80 | ((u >> 6) & 0x3f)); s[n++] = (char)(0x80 | (u & 0x3f)); }
+            else { s[n++] = (char)(0xf0 | u >> 18); s[n++] = (char)(0x80 | ((u >> 12) & 0x3f)); s[n++] = (char)(0x80 | ((u >> 6) & 0x3f)); s[n++] = (char)(0x80 | (u & 0x3f)); }
+            break;
+        default: goto bad;
+        }
+    }
+    s[n] = 0;
+    *out = s;
+    return p + 1;
+bad:
+    free(s);
+    return NULL;
+}
+
+/* The text after the JSON value at P, or NULL. */
+static const char *jskip(const char *p, int depth)
+{
+    p = jws(p);
+    if (depth > 64) return NULL;
+    if (*p == '"') { char *s; p = jstr(p, &s); if (p) free(s); return p; }
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        p = jws(p + 1);
+        if (*p == close) return p + 1;
+        for (;;) {
+            if (close == '}') {
+                char *k;
+                if (!(p = jstr(p, &k))) return NULL;
+                free(k);
+                p = jws(p);
+                if (*p++ != ':') return NULL;
+            }
+            if (!(p = jskip(p, depth + 1))) return NULL;
+            p = jws(p);
+            if (*p == ',') { p++; continue; }
+            return *p == close ? p + 1 : NULL;
+        }
+    }
+    const char *q = p;
+    while (*q && strchr("+-.0123456789eEtruefalsn", *q)) q++;
+    return q > p ? q : NULL;
+}
+
+/* The value of KEY in the JSON object at P, or NULL. */
+static const char *jget(const char *p, const char *key)
+{
+    if (!p || *(p = jws(p)) != '{') return NULL;
+    p = jws(p + 1);
+    if (*p == '}') return NULL;
+    for (;;) {
+        char *k;
+        if (!(p = jstr(p, &k))) return NULL;
+        p = jws(p);
+        int match = !strcmp(k, key);
+        free(k);
+        if (*p++ != ':') return NULL;
+        p = jws(p);
+        if (match) return p;
+        if (!(p = jskip(p, 0))) return NULL;
+        p = jws(p);
+        if (*p++ != ',') return NULL;
+    }
+}
+
+/* NUL-terminated strings back to back (the argv and env file format). */
+struct strv { char *buf; size_t len; };
+
+static void sv_add(struct strv *v, const char *s, size_t n)
+{
+    v->buf = realloc(v->buf, v->len + n + 1);
+    memcpy(v->buf + v->len, s, n);
+    v->buf[v->len + n] = 0;
+    v->len += n + 1;
+}
+
+/* A JSON list of strings, or one string, filling V: 0, or -1. */
+static int jlist(const char *p, struct strv *v)
+{
+    char *s;
+    p = jws(p);
+    if (*p == '"') {
+        if (!(p = jstr(p, &s))) return -1;
+        sv_add(v, s, strlen(s));
+        free(s);
+        return *jws(p) ? -1 : 0;
+    }
+    if (*p != '[') return -1;
+    p = jws(p + 1);
+    if (*p != ']') for (;;) {
+        if (!(p = jstr(p, &s))) return -1;
+        sv_add(v, s, strlen(s));
+        free(s);
+        p = jws(p);
+        if (*p == ']') break;
+        if (*p++ != ',') return -1;
+    }
+    return *jws(p + 1) ? -1 : 0;
+}
+
+/* Env overrides: a JSON object or a list of "KEY=VALUE" strings: 0, or -1. */
+static int jenv(const char *p, struct strv *v)
+{
+    p = jws(p);
+    if (*p == '[') {
+        if (jlist(p, v)) return -1;
+        for (size_t off = 0; off < v->len; off += strlen(v->buf + off) + 1)
+            if (!strchr(v->buf + off, '=')) return -1;
+        return 0;
+    }
+    if (*p != '{') return -1;
+    p = jws(p + 1);
+    if (*p != '}') for (;;) {
+        char *k, *val;
+        if (!(p = jstr(p, &k))) return -1;
+        p = jws(p);
+        if (*p++ != ':') { free(k); return -1; }
+        p = jws(p);
+        if (*p == '"') p = jstr(p, &val);
+        else { const char *q = jskip(p, 0); val = q ? strndup(p, q - p) : NULL; p = q; }
+        if (!p) { free(k); return -1; }
+        char *kv;
+        if (asprintf(&kv, "%s=%s", k, val) < 0) return -1;
+        sv_add(v, kv, strlen(kv));
+        free(kv); free(k); free(val);
+        p = jws(p);
+        if (*p == '}') break;
+        if (*p++ != ',') return -1;
+    }
+    return *jws(p + 1) ? -1 : 0;
+}
+
+/* An override's JSON text: server metadata values are strings holding JSON;
+ * in user data the value may also be the JSON itself. malloc'd or NULL. */
+static char *override_text(const char *p)
+{
+    char *s;
+    p = jws(p);
+    if (*p == '"') return jstr(p, &s) ? s : NULL;
+    const char *q = jskip(p, 0);
+    return q ? strndup(p, q - p) : NULL;
+}
+
+static void write_bin(const char *name, const char *data, size_t len)
+{
+    char path[128];
+    snprintf(path, sizeof path, CFG "/%s", name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, data, len) != (ssize_t)len) die("cannot write %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+static void apply_overrides(void)
+{
+    char *md = slurp(MD, "meta_data.json", NULL), *ud = slurp(MD, "user_data", NULL);
+    const char *src[2] = { jget(md, "meta"), ud && *jws(ud) == '{' ? ud : NULL };
+    const char *what[2] = { "server metadata", "user data" };
+    char *hostname = line_of(CFG, "hostname"), *s;
+    const char *h = jget(md, "hostname");
+    if (!*hostname && h && jstr(h, &s)) {
+        if (*s && !strchr(s, '\n')) { char line[300]; snprintf(line, sizeof line, "%s\n", s); write_bin("hostname", line, strlen(line)); }
+        free(s);
+    }
+    free(hostname);
+    static const char *keys[] = { "docker_entrypoint", "docker_cmd", "docker_env", "docker_user", "docker_workdir" };
+    const char *val[5] = { 0 };
+    int from[5] = { 0 };
+    for (int k = 0; k < 5; k++)
+        for (int i = 0; i < 2 && !val[k]; i++)
+            if ((val[k] = jget(src[i], keys[k]))) from[k] = i;
+    struct strv ov[3] = { { 0 } };
+    for (int k = 0; k < 3; k++) {
+        if (!val[k]) continue;
+        char *t = override_text(val[k]);
+        if (!t || (k == 2 ? jenv(t, &ov[k]) : jlist(t, &ov[k])))
+            die("%s %s must be %s", what[from[k]], keys[k], k == 2 ? "a JSON object or a JSON list of "
+                "KEY=VALUE strings" : "a JSON list of strings");
+        free(t);
+        if (debug) { char b[128]; snprintf(b, sizeof b, "override %s from %s", keys[k], what[from[k]]); dbg(b); }
+    }
+    if (val[0] || val[1]) {       /* as docker run [--entrypoint E] IMAGE [CMD...] */
+        struct strv argv = { 0 };
+        size_t n;
+        char *ep = val[0] ? NULL : slurp(CFG, "entrypoint", &n);
+        if (val[0]) { if (ov[0].len) sv_add(&argv, ov[0].buf, ov[0].len - 1); }
+        else if (ep && n) sv_add(&argv, ep, n - 1);
+        free(ep);
+        char *cmd = val[1] || val[0] ? NULL : slurp(CFG, "cmd", &n);
+        if (val[1]) { if (ov[1].len) sv_add(&argv, ov[1].buf, ov[1].len - 1); }
+        else if (cmd && n) sv_add(&argv, cmd, n - 1);
+        free(cmd);
+        write_bin("argv", argv.buf ? argv.buf : "", argv.len);
+    }
+    if (val[2]) {                 /* -e KEY=VALUE: replaces KEY, else appended */
+        size_t n = 0;
+        char *env = slurp(CFG, "env", &n);
+        struct strv out = { 0 };
+        for (size_t off = 0; env && off < n; off += strlen(env + off) + 1) {
+            const char *e = env + off, *eq = strchr(e, '=');
+            size_t kl = eq ? (size_t)(eq - e) : strlen(e);
+            const char *repl = NULL;
+            for (size_t o = 0; o < ov[2].len; o += strlen(ov[2].buf + o) + 1)
+                if (!strncmp(ov[2].buf + o, e, kl) && ov[2].buf[o + kl] == '=') repl = ov[2].buf + o;
+            sv_add(&out, repl ? repl : e, strlen(repl ? repl : e));
+        }
+        for (size_t o = 0; o < ov[2].len; o += strlen(ov[2].buf + o) + 1) {
+            const char *e = ov[2].buf + o;
+            size_t kl = strchr(e, '=') - e;
+            int seen = 0;
+            for (size_t off = 0; env && off < n && !seen; off += strlen(env + off) + 1)
+                seen = !strncmp(env + off, e, kl) && env[off + kl] == '=';
+            for (size_t o2 = o + strlen(e) + 1; o2 < ov[2].len && !seen; o2 += strlen(ov[2].buf + o2) + 1)
+                seen = !strncmp(ov[2].buf + o2, e, kl + 1);   /* a later one wins */
+            if (!seen) sv_add(&out, e, strlen(e));
+        }
+        write_bin("env", out.buf ? out.buf : "", out.len);
+        free(env);
+    }
+    for (int k = 3; k < 5; k++) {
+        if (!val[k]) continue;
+        char *v;
+        if (!jstr(val[k], &v) || strchr(v, '\n')) die("%s %s must be a string", what[from[k]], keys[k]);
+        char line[1100];
+        snprintf(line, sizeof line, "%s%s\n", k == 4 && *v != '/' ? "/" : "", v);
+        write_bin(keys[k] + 7, line, strlen(line));
+        free(v);
+    }
+    free(md);
+    free(ud);
 }
 
 /* -- the container root -------------------------------------------------------- */
@@ -500,6 +835,84 @@ static int resize(const char *mnt, const char *dev)
     return r;
 }
 
+/* -- a bundle's rootfs partition ------------------------------------------------ */
+/* The block device (a partition or a whole disk, vd* or sd*) holding the
+ * ext4 filesystem whose UUID is UUID: its name in PART and its disk's in DISK. */
+static int find_fs_uuid(const char *uuid, char *disk, char *part, size_t len)
+{
+    DIR *d = opendir("/sys/block");
+    struct dirent *e;
+    int found = 0;
+    while (!found && d && (e = readdir(d))) {
+        if (strncmp(e->d_name, "vd", 2) && strncmp(e->d_name, "sd", 2)) continue;
+        char sys[300];
+        snprintf(sys, sizeof sys, "/sys/block/%s", e->d_name);
+        DIR *pd = opendir(sys);
+        struct dirent *pe;
+        const char *cand = e->d_name;      /* the whole disk first, then its partitions */
+        while (!found && cand) {
+            char dev[320];
+            unsigned char sb[1024];
+            snprintf(dev, sizeof dev, "/dev/%s", cand);
+            int fd = open(dev, O_RDONLY | O_CLOEXEC);
+            if (fd >= 0 && pread(fd, sb, sizeof sb, 1024) == (ssize_t)sizeof sb && sb[0x38] == 0x53 && sb[0x39] == 0xef) {
+                char u[40];
+                const unsigned char *b = sb + 0x68;
+                snprintf(u, sizeof u, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                         b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+                if (!strcasecmp(u, uuid)) {
+                    snprintf(disk, len, "%s", e->d_name);
+                    snprintf(part, len, "%s", cand);
+                    found = 1;
+                }
+            }
+            if (fd >= 0) close(fd);
+            cand = NULL;
+            while (pd && (pe = readdir(pd)))
+                if (!strncmp(pe->d_name, e->d_name, strlen(e->d_name))) { cand = pe->d_name; break; }
+        }
+        if (pd) closedir(pd);
+    }
+    if (d) closedir(d);
+    return found ? 0 : -1;
+}
+
+/* Grow PART, the last primary partition of DISK's MBR table, to the end of
+ * the disk (the flavor's disk is bigger than the image): rewrite its size in
+ * the table, then tell the kernel (BLKPG). GPT tables are left alone. */
+static void grow_partition(const char *disk, const char *part)
+{
+    if (!strcmp(disk, part)) return;
+    char p[300];
+    snprintf(p, sizeof p, "/sys/block/%s/%s/partition", disk, part);
+    long pno = read_long(NULL, p, 0);
+    snprintf(p, sizeof p, "/sys/block/%s/size", disk);
+    uint64_t sectors = (uint64_t)read_long(NULL, p, 0);
+    snprintf(p, sizeof p, "/dev/%s", disk);
+    int fd = open(p, O_RDWR | O_CLOEXEC);
+    unsigned char mbr[512];
+    if (pno < 1 || pno > 4 || fd < 0 || pread(fd, mbr, sizeof mbr, 0) != (ssize_t)sizeof mbr ||
+        mbr[510] != 0x55 || mbr[511] != 0xaa) { if (fd >= 0) close(fd); return; }
+    unsigned char *ent = mbr + 446 + 16 * (pno - 1);
+    uint32_t start = le32(ent + 8), size = le32(ent + 12);
+    for (int i = 0; i < 4; i++)
+        if (mbr[446 + 16 * i + 4] == 0xee || (i != pno - 1 && le32(mbr + 446 + 16 * i + 8) > start)) {
+            close(fd);                  /* GPT, or not the last partition */
+            return;
+        }
+    uint64_t want = sectors > start ? sectors - start : 0;
+    if (want > 0xffffffffu) want = 0xffffffffu;     /* an MBR partition ends at 2 TiB */
+    want &= ~(uint64_t)7;                           /* whole 4 KiB blocks */
+    if (want <= size) { close(fd); return; }
+    for (int i = 0; i < 4; i++) ent[12 + i] = (unsigned char)(want >> (8 * i));
+    struct blkpg_partition bp = { .start = (long long)start * 512, .length = (long long)want * 512, .pno = (int)pno };
+    struct blkpg_ioctl_arg arg = { .op = BLKPG_RESIZE_PARTITION, .datalen = sizeof bp, .data = &bp };
+    if (pwrite(fd, mbr, sizeof mbr, 0) != (ssize_t)sizeof mbr || fsync(fd) || ioctl(fd, BLKPG, &arg))
+        msg("docker2vm: cannot grow partition %s: %s", part, strerror(errno));
+    else if (debug) { char b[128]; snprintf(b, sizeof b, "partition %s grown to %llu MiB", part, (unsigned long long)(want >> 11)); dbg(b); }
+    close(fd);
+}
+
 /* Does the directory open at FD (closed here) hold an entry other than
  * ".", ".." and IGNORE? */
 static int has_entries(int fd, const char *ignore)
@@ -536,6 +949,15 @@ static void mount_root(void)
             die("cannot mount %s (serial %s) as ext4: %s", path, id, strerror(errno));
         /* Grow the filesystem to the disk (online) when it is the whole disk. */
         if (!partitioned) { snprintf(path, sizeof path, "/dev/%s", dev); resize(ROOT, path); }
+    } else if (!strcmp(kind, "part")) {   /* a bundle: its own partition, by filesystem UUID */
+        need_group("disk", "ext4");
+        char disk[64], part[64], path[96];
+        if (find_fs_uuid(id, disk, part, sizeof disk)) die("no partition with filesystem UUID %s", id);
+        grow_partition(disk, part);
+        snprintf(path, sizeof path, "/dev/%s", part);
+        if (mount(path, ROOT, "ext4", 0, NULL))
+            die("cannot mount %s (UUID %s) as ext4: %s", path, id, strerror(errno));
+        resize(ROOT, path);
     } else if (!strcmp(kind, "9p")) {
         need_group("9p", "9p");
         if (mount(id, LOWER, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,cache=loose"))
@@ -545,7 +967,7 @@ static void mount_root(void)
         if (mount(id, LOWER, "virtiofs", 0, NULL))
             die("cannot mount virtiofs share %s: %s", id, strerror(errno));
     } else die("unknown rootfs delivery '%s:%s'", kind, id);
-    if (strcmp(kind, "disk")) {
+    if (strcmp(kind, "disk") && strcmp(kind, "part")) {
         if (rw) {
             if (mount(LOWER, ROOT, NULL, MS_MOVE, NULL)) die("cannot move the share to the root: %s", strerror(errno));
         } else {  /* the share stays untouched: writes go to a tmpfs upper layer */
@@ -962,7 +1384,10 @@ static void __attribute__((noreturn)) boot(void)
     double net_started = now();
     dhcp_start(NETDIR);
     dbg("dhcp started");
-    read_config_drive();
+    /* A bundle's docker2vm/ files are baked into its second initrd. */
+    int bundle = access(BUNDLE "/rootfs", F_OK) == 0;
+    if (bundle) copy_dir(BUNDLE, CFG);
+    read_config_drive(bundle);
     char *hostname = line_of(CFG, "hostname");
     if (*hostname) sethostname(hostname, strlen(hostname));
     mount_root();
