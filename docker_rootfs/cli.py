@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "docker_rootfs.commands.flatten",
     "docker_rootfs.commands.convert",
     "docker_rootfs.commands.run",
+    "docker_rootfs.commands.bundle",
     "docker_rootfs.guest.command",
 )
 
