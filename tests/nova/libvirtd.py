@@ -1,0 +1,346 @@
+"""A private, real libvirtd (+ virtlogd) for the real-VM Nova tests.
+
+No systemd here, so the daemons are started by hand, as root, inside a
+mount namespace of their own (``unshare --mount --propagation private``)
+where every path libvirt hard-codes for a privileged daemon is private to
+this run:
+
+* ``/etc/libvirt`` is a bind mount of our own config dir (``libvirtd.conf``,
+  ``qemu.conf``, ``virtlogd.conf``; persistent domain XML under ``qemu/``);
+* ``/run``, ``/var/lib``, ``/var/log`` and ``/var/cache`` are overlays whose
+  upper layer is in our work dir, with an *opaque* ``libvirt/`` directory:
+  libvirt's state, domain logs and capabilities cache go to our work dir,
+  a host libvirt's files (if any) are invisible, and nothing, not even an
+  empty mount point, is created on the host.
+
+The client sockets are outside all of that (``unix_sock_dir`` in our work
+dir), so ``virsh``/libvirt-python on the host reach this daemon with
+``qemu:///system?socket=...``; a system libvirtd, if one runs, is never
+touched.
+
+libvirt 9.0 resolves all of its privileged paths at compile time (there is
+no ``--statedir``; only ``libvirtd --config/--pid-file``, ``unix_sock_dir``
+and the log outputs can be moved), hence the namespace.
+
+``qemu.conf``: QEMU runs as root (no ``libvirt-qemu`` user without
+libvirt-daemon-system), no security driver, no cgroups (no systemd; a
+cgroup left behind would be a host change), no per-domain mount namespace
+(so every QEMU and virtiofsd stays in *our* namespace: stopping means
+killing the processes of one namespace). TCG only: the tests' domains are
+``type='qemu'`` (see ../shared NOTES: KVM here is a nested hypervisor that
+stock kernels fail under).
+
+The wrapper shell stays in the namespace as a watchdog: when libvirtd exits,
+or when the owning (pytest) process dies without calling :meth:`stop`, it
+terminates, then kills, every other process in the namespace (domains'
+QEMUs, virtiofsd, virtlogd). :meth:`stop` does the orderly part first
+(destroy + undefine every domain, SIGTERM libvirtd), waits for the
+namespace to be empty and removes the work dir: no process, socket, mount
+or file is left.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+
+# Paths a privileged libvirt 9.0 uses (compile-time): each gets a private
+# "libvirt" directory through an overlay of its parent.
+OVERLAID = ("/run", "/var/lib", "/var/log", "/var/cache")
+PACKAGES = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients")
+TOOLS = ("libvirtd", "virtlogd", "virsh", "unshare", "qemu-system-x86_64")
+
+WRAPPER = r"""
+set -e
+W=$1; OWNER=$2
+i=0
+for d in {overlaid}; do
+    i=$((i+1))
+    mount -t overlay d2v-libvirt-$i -o "lowerdir=$d,upperdir=$W/ovl/$i/upper,workdir=$W/ovl/$i/work" "$d"
+done
+mount --bind "$W/etc" /etc/libvirt
+# libvirt 9.0 resolves its compile-time QEMU user before reading qemu.conf
+[ -f "$W/passwd" ] && mount --bind "$W/passwd" /etc/passwd
+[ -f "$W/group" ] && mount --bind "$W/group" /etc/group
+mkdir -p /run/libvirt /var/lib/libvirt/qemu /var/log/libvirt/qemu /var/cache/libvirt
+virtlogd -d -f "$W/etc/virtlogd.conf" -p "$W/virtlogd.pid"
+libvirtd -f "$W/etc/libvirtd.conf" -p "$W/libvirtd.pid" </dev/null >>"$W/libvirtd.out" 2>&1 &
+LPID=$!
+echo "$LPID" >"$W/libvirtd.child"
+set +e
+while kill -0 "$OWNER" 2>/dev/null && kill -0 "$LPID" 2>/dev/null; do sleep 0.5; done
+kill -TERM "$LPID" 2>/dev/null
+me=$(readlink /proc/$$/ns/mnt)
+others() {{
+    for p in /proc/[0-9]*; do
+        pid=${{p#/proc/}}
+        [ "$pid" = "$$" ] && continue
+        [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$me" ] && echo "$pid"
+    done
+}}
+for sig in TERM TERM TERM TERM TERM TERM KILL KILL KILL KILL; do
+    others >"$W/ns.pids"     # in this shell: no subshell of ours gets listed
+    pids=$(cat "$W/ns.pids")
+    [ -z "$pids" ] && break
+    kill -$sig $pids 2>/dev/null
+    sleep 0.5
+done
+wait
+exit 0
+""".format(overlaid=" ".join(OVERLAID))
+
+LIBVIRTD_CONF = """\
+unix_sock_dir = "{sock}"
+unix_sock_group = "root"
+unix_sock_ro_perms = "0700"
+unix_sock_rw_perms = "0700"
+unix_sock_admin_perms = "0700"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+listen_tls = 0
+listen_tcp = 0
+log_filters = "1:qemu 1:libvirt 4:object 4:json 4:event 4:util 4:rpc"
+log_outputs = "{log_level}:file:{log}"
+"""
+
+QEMU_CONF = """\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "logd"
+"""
+
+VIRTLOGD_CONF = """\
+log_outputs = "3:file:{log}"
+max_clients = 64
+"""
+
+
+def missing_tools():
+    return [t for t in TOOLS if not shutil.which(t)]
+
+
+class LibvirtdError(RuntimeError):
+    pass
+
+
+class Libvirtd:
+    """One private libvirtd for a test run. ``with Libvirtd() as lv:``."""
+
+    def __init__(self, workdir=None, debug=False):
+        # unix socket paths are limited to 107 bytes: keep the dir short.
+        self.workdir = workdir or tempfile.mkdtemp(prefix="d2v-lv-", dir="/tmp")
+        self.debug = debug
+        self.proc = None
+        self._conn = None
+        self.sock_dir = os.path.join(self.workdir, "sock")
+        self.socket = os.path.join(self.sock_dir, "libvirt-sock")
+        self.uri = f"qemu:///system?socket={self.socket}"
+
+    # -- paths -------------------------------------------------------------
+    def path(self, *parts):
+        return os.path.join(self.workdir, *parts)
+
+    @property
+    def libvirtd_log(self):
+        return self.path("libvirtd.log")
+
+    def domain_log(self, name):
+        """libvirt's per-domain log (QEMU's command line and stderr): the
+        file is in the overlay's upper layer of /var/log."""
+        i = OVERLAID.index("/var/log") + 1
+        return self.path("ovl", str(i), "upper", "libvirt", "qemu", f"{name}.log")
+
+    # -- lifecycle ---------------------------------------------------------
+    def _write_config(self):
+        etc = self.path("etc")
+        os.makedirs(os.path.join(etc, "qemu"), exist_ok=True)
+        os.makedirs(self.sock_dir, mode=0o700, exist_ok=True)
+        for i, _ in enumerate(OVERLAID, 1):
+            upper = self.path("ovl", str(i), "upper", "libvirt")
+            os.makedirs(upper, exist_ok=True)
+            os.makedirs(self.path("ovl", str(i), "work"), exist_ok=True)
+            # opaque: whatever a host libvirt keeps there stays invisible
+            os.setxattr(upper, "trusted.overlay.opaque", b"y")
+        self._write_passwd()
+        with open(os.path.join(etc, "libvirtd.conf"), "w") as f:
+            f.write(LIBVIRTD_CONF.format(sock=self.sock_dir, log=self.libvirtd_log,
+                                         log_level=1 if self.debug else 3))
+        with open(os.path.join(etc, "qemu.conf"), "w") as f:
+            f.write(QEMU_CONF)
+        with open(os.path.join(etc, "virtlogd.conf"), "w") as f:
+            f.write(VIRTLOGD_CONF.format(log=self.path("virtlogd.log")))
+
+    def _write_passwd(self):
+        """libvirt 9.0 (Debian) looks up its built-in QEMU user and group
+        ``libvirt-qemu`` before it reads ``user``/``group`` from qemu.conf,
+        and fails without them; libvirt-daemon-system would create them (and
+        start a system libvirtd). Inside the namespace only, /etc/passwd and
+        /etc/group get them."""
+        import grp
+        import pwd
+        for db, getter, line in (
+                ("passwd", pwd.getpwnam,
+                 "libvirt-qemu:x:64055:64055:docker2vm test libvirtd:/nonexistent:/usr/sbin/nologin"),
+                ("group", grp.getgrnam, "libvirt-qemu:x:64055:")):
+            try:
+                getter("libvirt-qemu")
+                continue
+            except KeyError:
+                pass
+            with open(f"/etc/{db}") as f:
+                text = f.read()
+            if text and not text.endswith("\n"):
+                text += "\n"
+            with open(self.path(db), "w") as f:
+                f.write(text + line + "\n")
+
+    def start(self, timeout=120):
+        missing = missing_tools()
+        if missing:
+            raise LibvirtdError("missing: %s (Debian: %s; see bindep.txt)"
+                                % (", ".join(missing), " ".join(PACKAGES)))
+        if os.geteuid() != 0:
+            raise LibvirtdError("a privileged libvirtd needs root")
+        self._write_config()
+        out = open(self.path("wrapper.out"), "wb")
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", WRAPPER,
+             "d2v-libvirtd", self.workdir, str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LibvirtdError("libvirtd did not start: " + self.tail())
+            if os.path.exists(self.socket):
+                try:
+                    self.virsh("version", timeout=30)
+                    return self
+                except subprocess.CalledProcessError as exc:
+                    last = exc.stderr
+                except subprocess.TimeoutExpired as exc:
+                    last = str(exc)
+            time.sleep(0.2)
+        self.stop()
+        raise LibvirtdError(f"libvirtd not ready after {timeout}s: {last} {self.tail()}")
+
+    def tail(self, n=3000):
+        text = ""
+        for name in ("wrapper.out", "libvirtd.out", "libvirtd.log", "virtlogd.log"):
+            try:
+                with open(self.path(name), errors="replace") as f:
+                    data = f.read()
+                if data.strip():
+                    text += f"\n--- {name} ---\n" + data[-n:]
+            except OSError:
+                pass
+        return text
+
+    def virsh(self, *args, timeout=120, check=True):
+        return subprocess.run(["virsh", "-q", "-c", self.uri, *args], check=check,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def connect(self):
+        """A libvirt-python connection (one shared per daemon)."""
+        import libvirt
+        if self._conn is None:
+            self._conn = libvirt.open(self.uri)
+        return self._conn
+
+    def namespace_pids(self):
+        """Every process in the daemon's mount namespace (wrapper included)."""
+        if self.proc is None:
+            return []
+        try:
+            ns = os.readlink(f"/proc/{self.proc.pid}/ns/mnt")
+        except OSError:
+            return []
+        pids = []
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    if os.readlink(f"/proc/{p}/ns/mnt") == ns:
+                        pids.append(int(p))
+                except OSError:
+                    pass
+        return pids
+
+    def destroy_all(self):
+        """Destroy and undefine every domain (running or defined)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            conn = self.connect()
+            for dom in conn.listAllDomains():
+                try:
+                    if dom.isActive():
+                        dom.destroy()
+                except Exception:
+                    pass
+                try:
+                    dom.undefine()
+                except Exception:
+                    pass
+        except Exception:
+            pass
+
+    def stop(self, timeout=60):
+        if self.proc is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return
+        self.destroy_all()
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+        try:
+            with open(self.path("libvirtd.child")) as f:
+                os.kill(int(f.read().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # the watchdog did not finish: kill the namespace ourselves
+            for pid in self.namespace_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self.proc.wait(10)
+        self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def domain_console(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").replace("\r\n", "\n")
+    except FileNotFoundError:
+        return ""
+
+
+if __name__ == "__main__":   # by hand: start one, print its URI, stop on Enter
+    with Libvirtd(debug=True) as lv:
+        print(lv.uri)
+        print(lv.virsh("version").stdout)
+        input("Enter stops it> ")
