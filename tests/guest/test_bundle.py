@@ -1,0 +1,175 @@
+"""Approach 3, ``docker2vm bundle``: one disk that boots by itself.
+
+Built from a real buildah image; layout and reproducibility checked on the
+files; two real boots under TCG from the disk alone (no -kernel): SeaBIOS
+with a Nova-style config drive (server metadata and user data override the
+baked-in Cmd and Env, the flavor's disk is bigger than the image), and
+OVMF (UEFI) with nothing but the disk (the baked-in configuration)."""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from docker_rootfs.archive import open_image
+from docker_rootfs.guest import bundle, configdrive, qemu
+from tests.guest import images
+
+OVMF = "/usr/share/ovmf/OVMF.fd"
+HELLO = r"""#!/bin/sh
+echo "BUNDLE-OK $* FOO=$FOO BAZ=$BAZ UD=$UD"
+echo "HOST=$(hostname) PWD=$(pwd)"
+echo "DISK=$(df -m / | awk 'NR==2 {print $2}')"
+echo written >/data/w && echo "WRITE=$(cat /data/w)"
+exit ${EXIT:-3}
+"""
+CONFIG = {"entrypoint": ["/bin/hello"], "cmd": ["from-cmd"], "env": ["FOO=bar"],
+          "workingdir": "/work"}
+
+
+@pytest.fixture(scope="module")
+def archive():
+    for tool in ("qemu-system-x86_64", "buildah", "genisoimage", "gcc", *bundle.TOOLS):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is needed (bindep.txt)", pytrace=False)
+    return images.build_archive("bundle", {"/bin/hello": HELLO}, CONFIG)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return images.base_image()
+
+
+def _build(archive, out, base, fmt="qcow2"):
+    from docker_rootfs.disk.options import DiskOptions
+    with open_image(str(archive)) as img:
+        return bundle.build_bundle(img.flatten, str(out), img.config, img.config.config_digest,
+                                   disk_options=DiskOptions(disk_format=fmt), base=base)
+
+
+@pytest.fixture(scope="module")
+def app(archive, base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "app.qcow2"
+    _build(archive, out, base)
+    return out
+
+
+def test_reproducible(archive, base, app, tmp_path):
+    """Same archive -> byte-identical bundle (another directory, another time)."""
+    again = tmp_path / "elsewhere" / "app.qcow2"
+    again.parent.mkdir()
+    _build(archive, again, base)
+    assert again.read_bytes() == app.read_bytes()
+
+
+def test_layout(archive, base, tmp_path):
+    raw = tmp_path / "app.raw"
+    r = _build(archive, raw, base, fmt="raw")
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]
+    assert table["label"] == "dos"
+    esp, root = table["partitions"]
+    assert esp["type"] == "ef" and esp.get("bootable") and esp["start"] == 2048
+    assert root["type"] == "83" and (root["start"] + root["size"]) * 512 == os.path.getsize(raw)
+    assert root["size"] * 512 == r.rootfs_size and esp["size"] * 512 == r.esp_size
+    img = f"{raw}@@{esp['start'] * 512}"
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    for path in ("::/EFI/BOOT/BOOTX64.EFI", "::/ldlinux.sys", "::/syslinux.cfg", "::/vmlinuz",
+                 "::/initrd.img", "::/d2v.cpio", "::/docker2vm/config.json"):
+        subprocess.run(["mdir", "-a", "-i", img, path], check=True, capture_output=True, env=env)
+    cfg = subprocess.run(["mtype", "-i", img, "::/syslinux.cfg"], check=True,
+                         capture_output=True, text=True, env=env).stdout
+    assert "INITRD /initrd.img,/d2v.cpio" in cfg and base.cmdline in cfg
+    cpio = subprocess.run(["mtype", "-i", img, "::/d2v.cpio"], check=True,
+                          capture_output=True, env=env).stdout
+    assert f"part:{r.fs_uuid}\n".encode() in cpio
+    assert b"/bin/hello\0from-cmd\0" in cpio     # argv
+    # The ext4 rootfs partition carries the UUID the guest looks for.
+    with open(raw, "rb") as f:
+        f.seek(root["start"] * 512 + 1024 + 0x68)
+        assert f.read(16).hex() == r.fs_uuid.replace("-", "")
+
+
+def test_bad_input_one_line_no_output(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not an image archive\n" * 10)
+    out = tmp_path / "out" / "app.qcow2"
+    out.parent.mkdir()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "docker_rootfs.cli", "bundle", str(junk),
+                           "-o", str(out), "--tmpdir", str(scratch), "--no-progress"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("docker2vm: error: "), proc.stderr
+    assert os.listdir(out.parent) == [] and os.listdir(scratch) == []
+
+
+@dataclasses.dataclass
+class FirmwareMachine(qemu.Machine):
+    firmware: str = ""             # -bios: OVMF for UEFI; default SeaBIOS
+
+    def command(self, workdir, monitor=None):
+        cmd = super().command(workdir, monitor)
+        return cmd[:1] + (["-bios", self.firmware] if self.firmware else []) + cmd[1:]
+
+
+def _status_last(boot):
+    status = [l for _, l in boot.lines if l.startswith("docker2vm: exit status ")]
+    assert status, boot.text
+    after = [l for _, l in boot.lines[boot.lines.index(next(x for x in boot.lines
+                                                             if x[1] == status[-1])) + 1:]]
+    assert all("reboot: Power down" in l or not l.strip() for l in after), boot.text
+    return status[-1]
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_bios_boot_with_config_drive_overrides(app, tmp_path):
+    """SeaBIOS -> mbr.bin -> syslinux; the config drive on an IDE cdrom as stock
+    Nova attaches it, Nova's files only (no docker2vm/): server metadata
+    replaces Cmd and adds Env, user data sets Env too; the rootfs partition
+    grows to the (bigger) instance disk."""
+    disk = images.instance_disk(app, tmp_path / "disk.qcow2", 512)
+    meta = {"docker_cmd": json.dumps(["from-metadata", "two words"]),
+            "docker_env": json.dumps({"BAZ": "qux"})}
+    user_data = json.dumps({"docker_env": ["UD=from-user-data", "BAZ=loses"]}).encode()
+    cfg = configdrive.build_config_drive(str(tmp_path / "config.iso"), {}, "bundle-bios",
+                                         meta=meta, user_data=user_data)
+    machine = FirmwareMachine(kernel="", boot_disk=str(disk), config_drive=cfg, config_bus="ide")
+    assert "-kernel" not in machine.command(str(tmp_path))
+    boot = qemu.boot(machine, timeout=300)
+    assert not boot.timed_out and boot.returncode == 0, boot.text
+    kv = images.console_kv(boot)
+    assert boot.first(lambda l: l == "BUNDLE-OK from-metadata two words FOO=bar BAZ=qux UD=") \
+        is not None, boot.text
+    assert kv["HOST"] == "bundle-bios PWD=/work", boot.text
+    assert int(kv["DISK"]) > 400, boot.text      # grown from ~70 MiB to the 512 MiB disk
+    assert kv["WRITE"] == "written", boot.text
+    assert _status_last(boot) == "docker2vm: exit status 3"
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_uefi_boot_disk_alone(app, tmp_path):
+    """OVMF -> EFI/BOOT/BOOTX64.EFI (GRUB) -> same kernel and initrds; no
+    config drive at all: the baked-in Entrypoint, Cmd, Env, WorkingDir."""
+    if not os.path.exists(OVMF):
+        pytest.fail(f"{OVMF} is needed (ovmf, bindep.txt)", pytrace=False)
+    disk = images.instance_disk(app, tmp_path / "disk.qcow2")
+    machine = FirmwareMachine(kernel="", boot_disk=str(disk), firmware=OVMF)
+    boot = qemu.boot(machine, timeout=300)
+    assert not boot.timed_out and boot.returncode == 0, boot.text
+    # (OVMF and GRUB leave terminal escape sequences on the serial line)
+    first = boot.first(lambda l: l.endswith("BUNDLE-OK from-cmd FOO=bar BAZ= UD="))
+    assert first is not None, boot.text
+    kv = images.console_kv(boot)
+    assert re.match(r"^\S+ PWD=/work$", kv["HOST"]), boot.text
+    assert _status_last(boot) == "docker2vm: exit status 3"
+    print(f"UEFI bundle: entrypoint output at {first:.2f}s, qemu exit at {boot.duration:.2f}s")
