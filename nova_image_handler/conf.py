@@ -1,0 +1,97 @@
+"""The ``[docker2vm]`` options of the Nova side (nova.conf on compute hosts).
+
+``list_opts`` feeds oslo-config-generator (entry point
+``oslo.config.opts: docker2vm.nova``); the sample is
+``etc/nova/nova.conf.docker2vm.sample``.
+"""
+
+from oslo_config import cfg
+
+GROUP = "docker2vm"
+
+SUB_VIRT_CONTAINER = "container"
+SUB_VIRT_NONE = "none"
+
+opts = [
+    cfg.StrOpt(
+        "sub_virt_type", default=SUB_VIRT_CONTAINER,
+        choices=[(SUB_VIRT_CONTAINER, "images carrying docker_* properties boot "
+                  "the docker2vm base VM running their container"),
+                 (SUB_VIRT_NONE, "the driver behaves exactly as the stock libvirt "
+                  "driver, for every image")],
+        help="The switch of the original proposal: what the docker2vm driver does "
+             "with images that carry docker_delivery. Images without it always "
+             "take the stock libvirt path."),
+    cfg.StrOpt(
+        "base_kernel", default="/var/lib/docker2vm/base/vmlinux",
+        help="Direct kernel boot (the default base VM): the guest kernel on this "
+             "compute host, as `docker2vm base-image -o DIR` writes it (vmlinux "
+             "boots faster than vmlinuz under TCG). Ignored when base_vm_image "
+             "is set."),
+    cfg.StrOpt(
+        "base_initrd", default="/var/lib/docker2vm/base/initrd.img",
+        help="Direct kernel boot: the initramfs whose /init is d2vinit "
+             "(`docker2vm base-image`)."),
+    cfg.StrOpt(
+        "base_cmdline", default="console=ttyS0 quiet panic=-1 acpi=noirq",
+        help="Direct kernel boot: the kernel command line (the contents of the "
+             "base image's `cmdline` file). Add docker2vm.debug for timestamps."),
+    cfg.StrOpt(
+        "base_vm_image", default="",
+        help="Instead of direct kernel boot: a local qcow2 BIOS boot disk "
+             "(`docker2vm base-image --boot-disk`, boot.qcow2). Each instance "
+             "boots from its own copy-on-write overlay of it (disk.docker2vm-base "
+             "in the instance directory); the file itself is only read."),
+    cfg.StrOpt(
+        "disk_serial", default="docker2vm-root",
+        help="Serial (at most 20 characters of [A-Za-z0-9._-]) of the virtio disk "
+             "holding the container root filesystem (docker_delivery=disk); the "
+             "guest finds its root by it (docker2vm/rootfs = disk:SERIAL)."),
+    cfg.StrOpt(
+        "share_driver", default="virtiofs",
+        choices=[("virtiofs", "vhost-user-fs (virtiofsd spawned by libvirt, "
+                  "sandboxed; guest memory backed by shared memfd)"),
+                 ("9p", "virtio-9p (QEMU's own, read-only export; the guest "
+                  "kernel needs 9p: build the base with the generic kernel)")],
+        help="How a docker_delivery=share image's unpacked tree is exported to "
+             "the guest."),
+    cfg.StrOpt(
+        "share_tag", default="docker2vm-root",
+        help="Mount tag of the shared container root (9p: at most 31 characters, "
+             "virtiofs: 36)."),
+    cfg.StrOpt(
+        "share_dir", default="",
+        help="Where docker_delivery=share images are unpacked, one read-only tree "
+             "per image per host. Default: $instances_path/_docker2vm_shares."),
+    cfg.StrOpt(
+        "virtiofsd_path", default="/usr/lib/qemu/virtiofsd",
+        help="The virtiofsd binary libvirt starts for virtiofs shares (Debian 12: "
+             "the C virtiofsd in qemu-system-common)."),
+    cfg.IntOpt(
+        "stop_timeout", default=10, min=0,
+        help="Seconds between the image's StopSignal and SIGKILL when the server "
+             "is stopped (server metadata docker_stop_timeout overrides it). Keep "
+             "it below [DEFAULT] shutdown_timeout, or Nova destroys the VM first."),
+    cfg.StrOpt(
+        "default_delivery", default="disk", choices=["disk", "share"],
+        help="Delivery for an image whose docker_delivery property is empty."),
+    cfg.IntOpt(
+        "share_unused_minimum_age_seconds", default=86400, min=0,
+        help="An unpacked share tree no instance on this host uses is removed by "
+             "the image cache manager pass once it has been unused this long."),
+]
+
+
+def register_opts(conf):
+    conf.register_opts(opts, group=GROUP)
+    # The share unpacker applies the same limits as the Glance import.
+    from docker_rootfs import opts as core_opts
+    try:
+        core_opts.register_opts(conf)
+    except cfg.DuplicateOptError:
+        pass
+
+
+def list_opts():
+    from docker_rootfs import opts as core_opts
+    return [(GROUP, opts)] + [g for g in core_opts.list_opts() if g[0] == core_opts.GROUP]

@@ -1,0 +1,70 @@
+"""``docker_delivery=share`` (Approach 1): the unpacked image, shared read-only.
+
+The Glance image is a docker archive. Nova's image backend downloads it
+once per host into ``_base`` like any root disk (its per-base lock: one
+download for many concurrent spawns); this handler then unpacks it, once
+per image per host under a lock (:mod:`nova_image_handler.unpack`, the
+shared core's flattener with the import's limits), and exports the tree
+read-only to the guest by virtiofs (libvirt starts virtiofsd sandboxed;
+guest memory becomes shared memfd) or 9p. The guest puts a tmpfs overlay
+on top (docs/guest-contract.md): container writes stay in guest RAM.
+"""
+
+import os
+
+from docker_rootfs.guest.contract import RootfsDelivery
+from nova.conf import CONF as NOVA_CONF
+
+from nova_image_handler import errors
+from nova_image_handler import guestxml
+from nova_image_handler import unpack
+from nova_image_handler.handlers import base
+
+
+class ShareHandler(base.ImageHandler):
+    name = "share"
+
+    @property
+    def kind(self):
+        return self.opts.share_driver
+
+    @property
+    def share_dir(self):
+        return self.opts.share_dir or os.path.join(NOVA_CONF.instances_path,
+                                                   unpack.DEFAULT_DIR_NAME)
+
+    def check_host(self):
+        if self.kind == "virtiofs":
+            path = self.opts.virtiofsd_path
+            if not path or not os.access(path, os.X_OK):
+                raise errors.HostError(
+                    reason=f"docker_delivery=share with [docker2vm] share_driver = virtiofs "
+                           f"needs virtiofsd: [docker2vm] virtiofsd_path = {path} is not an "
+                           "executable on this host (Debian: qemu-system-common), or set "
+                           "share_driver = 9p")
+        if NOVA_CONF.libvirt.images_type not in ("default", "qcow2", "raw", "flat"):
+            raise errors.HostError(
+                reason="docker_delivery=share needs the archive on local disk: "
+                       f"[libvirt] images_type = {NOVA_CONF.libvirt.images_type} is not "
+                       "supported for share images (use docker_delivery=disk)")
+
+    def rootfs_delivery(self):
+        if self.kind == "virtiofs":
+            return RootfsDelivery.virtiofs(self.opts.share_tag)
+        return RootfsDelivery.share_9p(self.opts.share_tag)
+
+    def prepare(self, context, instance, spec, root_base_path):
+        from docker_rootfs import opts as core_opts
+        unpack.ensure_tree(self.share_dir, spec.image_id, root_base_path,
+                           core_opts.limits_from_conf(self.conf))
+
+    def guest_paths(self, instance, spec):
+        return {"share": unpack.tree_path(self.share_dir, spec.image_id)}
+
+    def configure_guest(self, guest, paths):
+        guestxml.add_share(guest, self.kind, paths["share"], self.opts.share_tag,
+                           self.opts.virtiofsd_path if self.kind == "virtiofs" else None)
+
+    def manage_cache(self, used_image_ids):
+        return unpack.remove_unused(self.share_dir, used_image_ids,
+                                    self.opts.share_unused_minimum_age_seconds)
