@@ -21,8 +21,10 @@ DESCRIPTIONS = {
     contract.DELIVERY: (
         "Container delivery",
         "How the container's root filesystem reaches its VM: 'disk' (the "
-        "image is an ext4 root filesystem in qcow2) or 'share' (the image is "
-        "a one-layer docker archive shared into the guest over 9p/virtiofs). "
+        "image is an ext4 root filesystem in qcow2), 'share' (the image is "
+        "a one-layer docker archive shared into the guest over 9p/virtiofs) "
+        "or 'bundle' (the image is a bootable qcow2 holding kernel, init and "
+        "root filesystem, for stock Nova). "
         "Set it when importing with the docker-convert method."),
     contract.VERSION: (
         "Property contract version",

@@ -16,15 +16,23 @@ convert_opts = [
         "default_delivery", default="disk",
         choices=(("disk", "ext4 root filesystem in a qcow2 disk"),
                  ("share", "validated one-layer archive, shared into the "
-                           "guest over 9p/virtiofs")),
+                           "guest over 9p/virtiofs"),
+                 ("bundle", "self-contained bootable qcow2 (kernel, init, "
+                            "rootfs; BIOS and UEFI) for stock Nova")),
         help="How an imported image is delivered to the guest when the "
              "image has no docker_delivery property: 'disk' converts the "
              "archive into an ext4 root filesystem in a qcow2 disk; 'share' "
              "keeps it as a validated archive for the 9p/virtiofs approach."),
     cfg.ListOpt(
-        "allowed_deliveries", default=["disk", "share"],
-        item_type=cfg.types.String(choices=("disk", "share")),
+        "allowed_deliveries", default=["disk", "share", "bundle"],
+        item_type=cfg.types.String(choices=("disk", "share", "bundle")),
         help="docker_delivery values tenants may ask for."),
+    cfg.StrOpt(
+        "bundle_base_dir", default=None,
+        help="For docker_delivery=bundle: directory where the base VM "
+             "(Debian kernel + d2vinit initramfs, docker2vm base-image) is "
+             "built on first use and kept. Default: "
+             "~/.cache/docker2vm/base of the glance-api user."),
     cfg.BoolOpt(
         "normalize_share", default=True,
         help="For docker_delivery=share, store a docker-archive holding one "

@@ -15,7 +15,8 @@ goes through untouched.
 ``docker_delivery=disk`` (default, see ``[docker_convert] default_delivery``)
 stores an ext4 root filesystem in a qcow2 disk (``disk_format=qcow2``,
 ``container_format=bare``); ``share`` stores a validated one-layer
-docker-archive (``container_format=docker``) for the 9p/virtiofs approach.
+docker-archive (``container_format=docker``) for the 9p/virtiofs approach;
+``bundle`` stores a self-contained bootable qcow2 (docs/bundle.md).
 Either way the image gains the docker_* properties of the property contract.
 
 Failure of any kind puts the image back to ``queued`` with the store listed
@@ -285,6 +286,8 @@ class _DockerConvert(task.Task):
             properties = image_properties(img.config, delivery)
             if delivery == "share":
                 out_path, attrs = self._share(img, hb)
+            elif delivery == "bundle":
+                out_path, attrs, properties = self._bundle(img, hb)
             else:
                 out_path, attrs = self._disk(img, hb)
         hb.update(1.0, "done")
@@ -321,6 +324,24 @@ class _DockerConvert(task.Task):
         if virtual_size:
             attrs["virtual_size"] = virtual_size
         return out_path, attrs
+
+    def _bundle(self, img, hb):
+        """Approach 3: a bootable qcow2 stock Nova boots (docs/bundle.md)."""
+        from docker_rootfs.commands.convert import _created
+        from docker_rootfs.guest import bundle
+        from glance_docker_import import disk_adapter
+        out_path = self._temp("qcow2")
+        base_dir = CONF.docker_convert.bundle_base_dir or os.path.join(
+            os.path.expanduser("~"), ".cache", "docker2vm", "base")
+        result = bundle.build_bundle(
+            lambda f: img.flatten(f, lambda fr, msg: hb.update(fr * 0.5, msg)),
+            out_path, img.config, img.config.config_digest, created=_created(img),
+            disk_options=disk_adapter.disk_options(os.path.dirname(out_path)),
+            base_dir=base_dir, progress=lambda fr, msg: hb.update(0.5 + fr * 0.5, msg),
+            max_entries=img.limits.max_entries, tmp_prefix=self._temp_prefix())
+        attrs = {"disk_format": "qcow2", "container_format": "bare",
+                 "virtual_size": result.virtual_size}
+        return out_path, attrs, bundle.bundle_properties(img.config)
 
     # -- revert ------------------------------------------------------------
     def revert(self, result=None, **kwargs):

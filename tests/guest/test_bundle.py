@@ -46,10 +46,12 @@ def base():
 
 
 def _build(archive, out, base, fmt="qcow2"):
+    from docker_rootfs.commands.convert import _created
     from docker_rootfs.disk.options import DiskOptions
     with open_image(str(archive)) as img:
         return bundle.build_bundle(img.flatten, str(out), img.config, img.config.config_digest,
-                                   disk_options=DiskOptions(disk_format=fmt), base=base)
+                                   created=_created(img), disk_options=DiskOptions(disk_format=fmt),
+                                   base=base)
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +175,40 @@ def test_uefi_boot_disk_alone(app, tmp_path):
     assert re.match(r"^\S+ PWD=/work$", kv["HOST"]), boot.text
     assert _status_last(boot) == "docker2vm: exit status 3"
     print(f"UEFI bundle: entrypoint output at {first:.2f}s, qemu exit at {boot.duration:.2f}s")
+
+
+@pytest.mark.glance
+@pytest.mark.slow
+def test_glance_import_bundle(archive, base, app, tmp_path_factory):
+    """glance image-create-via-import --import-method docker-convert
+    --property docker_delivery=bundle stores the same bytes as docker2vm bundle,
+    as a qcow2/bare image with the properties stock Nova boots it with."""
+    pytest.importorskip("glance")
+    from glance_docker_import.devserver import DevServer
+    from tests.glance.conftest import Api, cli_image_id, run_glance_cli, staging_leftovers
+    srv = DevServer(str(tmp_path_factory.mktemp("glance-bundle")),
+                    convert_opts={"bundle_base_dir": os.path.dirname(base.initrd)})
+    srv.start()
+    try:
+        res = run_glance_cli(srv, "image-create-via-import", "--import-method", "docker-convert",
+                             "--container-format", "docker", "--disk-format", "raw",
+                             "--file", str(archive), "--name", "app-bundle",
+                             "--property", "docker_delivery=bundle")
+        image_id = cli_image_id(res.stdout)
+        api = Api(srv)
+        img = api.wait(image_id)
+        assert img["status"] == "active", api.task_of(image_id)
+        assert (img["disk_format"], img["container_format"]) == ("qcow2", "bare")
+        assert img["docker_delivery"] == "bundle"
+        assert img["hw_disk_bus"] == "virtio" and img["hw_vif_model"] == "virtio"
+        assert img["architecture"] == "x86_64" and img["os_type"] == "linux"
+        assert "hw_firmware_type" not in img          # BIOS and UEFI both boot it
+        assert json.loads(img["docker_cmd"]) == ["from-cmd"]
+        stored = os.path.join(srv.store_dir, image_id)
+        assert img["size"] == os.path.getsize(stored)
+        assert img["virtual_size"] > img["size"] // 2
+        with open(stored, "rb") as f, open(app, "rb") as g:
+            assert f.read() == g.read()                  # same bytes as docker2vm bundle
+        assert staging_leftovers(srv, image_id) == []
+    finally:
+        srv.stop()
