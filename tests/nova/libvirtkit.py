@@ -308,3 +308,310 @@ def dump(run, lv=None, name=None):
 
 def properties_json(properties):
     return json.dumps(properties, sort_keys=True)
+
+
+# -- the real driver, on the real libvirtd ------------------------------------
+class LocalImageAPI:
+    """Stand-in for Glance (``nova.image.glance.API``): what the driver asks
+    of the image API at spawn -- ``get`` (the image's full properties) and
+    ``download`` (into ``_base``) -- served from local files. The images are
+    what the ``docker-convert`` import stores (rootfs qcow2 or the
+    normalised archive) with the properties it sets."""
+
+    def __init__(self):
+        self.images = {}
+
+    def add(self, path, properties, disk_format, container_format="bare", image_id=None):
+        image_id = image_id or str(uuid_mod.uuid4())
+        self.images[image_id] = {
+            "path": str(path),
+            "meta": {"id": image_id, "name": pathlib.Path(path).name, "status": "active",
+                     "disk_format": disk_format, "container_format": container_format,
+                     "size": os.path.getsize(path), "min_disk": 0, "min_ram": 0,
+                     "properties": dict(properties)}}
+        return image_id
+
+    def get(self, context, image_id, include_locations=False, show_deleted=True):
+        import copy
+        return copy.deepcopy(self.images[image_id]["meta"])
+
+    def download(self, context, image_id, data=None, dest_path=None, trusted_certs=None):
+        import shutil
+        shutil.copyfile(self.images[image_id]["path"], dest_path)
+
+    def image_meta(self, image_id):
+        """``objects.ImageMeta`` as the compute manager passes it (docker_* are
+        dropped by Nova: only declared fields stay)."""
+        from nova import objects
+        meta = self.get(None, image_id)
+        return objects.ImageMeta.from_dict(meta)
+
+
+class NovaCompute:
+    """The docker2vm driver (``nova_image_handler.driver.Docker2VMDriver``)
+    instantiated as a compute host would, its ``[libvirt] connection_uri``
+    pointing at the private libvirtd, ``virt_type = qemu``, ``images_type
+    = qcow2``, instances under ``instances_path``.
+
+    :meth:`prepare` runs the spawn steps up to the domain XML with the
+    driver's own code: ``container_spec_from_image`` (properties from the
+    image API), ``blockinfo.get_disk_info``, ``_create_image`` (Nova's image
+    backend: download into ``_base``, qcow2 overlay ``disk``, then the
+    handler's preparation: ``base_vm_image`` overlay, share unpack),
+    ``_get_guest_xml`` (the stock config + docker2vm's changes; host
+    capabilities from the real libvirtd) and ``_create_configdrive``
+    (Nova's ConfigDriveBuilder with the docker2vm/* files). What stands in
+    for the rest of Nova: the image API (:class:`LocalImageAPI`), the
+    database (instance objects are built in memory, the BDM list is empty,
+    ``_build_device_metadata`` returns nothing), Neutron (no ports), and
+    privsep (run in-process: the tests are root).
+    """
+
+    def __init__(self, lv, instances_path, base, base_vm_image="", share_driver="virtiofs",
+                 stop_timeout=10):
+        self.lv = lv
+        self.instances_path = str(instances_path)
+        self.base = base
+        self.base_vm_image = base_vm_image
+        self.share_driver = share_driver
+        self.stop_timeout = stop_timeout
+        self.images = LocalImageAPI()
+        self._cleanups = []
+        self.driver = None
+        self._count = 0
+
+    def __enter__(self):
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except Exception:
+                pass
+
+    def _setup(self):
+        from unittest import mock
+        from oslo_config import fixture as config_fixture
+        import nova.conf.neutron
+        import nova.privsep
+        import nova.virt.images
+        from nova import objects
+        from nova.conf import CONF
+        from nova.virt import fake
+        from nova_image_handler import driver as d2v_driver
+
+        objects.register_all()
+        try:
+            nova.conf.neutron.register_dynamic_opts(CONF)
+        except Exception:
+            pass
+        try:
+            CONF.find_file("release")
+        except Exception:          # NotInitializedError: nothing parsed CONF yet
+            CONF([], project="nova", default_config_files=[])
+        fx = config_fixture.Config(CONF)
+        fx.setUp()
+        self._cleanups.append(fx.cleanUp)
+        over = [
+            (None, "instances_path", self.instances_path),
+            (None, "force_raw_images", True),
+            ("libvirt", "virt_type", "qemu"),
+            ("libvirt", "connection_uri", self.lv.uri),
+            ("libvirt", "images_type", "qcow2"),
+            ("vnc", "enabled", False),
+            ("spice", "enabled", False),
+            ("oslo_concurrency", "lock_path", os.path.join(self.instances_path, "locks")),
+            ("docker2vm", "base_kernel", self.base.vmlinux),
+            ("docker2vm", "base_initrd", self.base.initrd),
+            ("docker2vm", "base_cmdline", self.base.cmdline),
+            ("docker2vm", "base_vm_image", self.base_vm_image),
+            ("docker2vm", "share_driver", self.share_driver),
+            ("docker2vm", "stop_timeout", self.stop_timeout),
+        ]
+        for group, key, value in over:
+            fx.config(**{key: value, "group": group} if group else {key: value})
+        for p in (mock.patch.object(nova.privsep.sys_admin_pctxt, "client_mode", False),
+                  mock.patch.object(nova.virt.images, "IMAGE_API", self.images),
+                  # the database: an instance booted from its image has no BDMs here
+                  mock.patch.object(objects.BlockDeviceMappingList, "get_by_instance_uuid",
+                                    return_value=objects.BlockDeviceMappingList(objects=[])),
+                  # Neutron: no ports, no security groups
+                  mock.patch("nova.network.security_group_api.get_instance_security_groups",
+                             return_value=[])):
+            p.start()
+            self._cleanups.append(p.stop)
+        self.driver = d2v_driver.Docker2VMDriver(fake.FakeVirtAPI(), False)
+        self.driver._image_api = self.images
+        p = mock.patch.object(self.driver, "_build_device_metadata", return_value=None)
+        p.start()
+        self._cleanups.append(p.stop)
+
+    def instance(self, image_id, memory_mb=256, root_gb=1, metadata=None, name=None):
+        """An ``objects.Instance`` in memory, as the compute manager hands it over."""
+        from nova import context as nova_context
+        from nova import objects
+        from nova.tests.unit import fake_instance
+        self._count += 1
+        ctx = nova_context.get_admin_context()
+        flavor = objects.Flavor(id=1, flavorid="d2v", name="d2v.small", memory_mb=memory_mb,
+                                vcpus=1, root_gb=root_gb, ephemeral_gb=0, swap=0,
+                                extra_specs={}, rxtx_factor=1.0, is_public=True)
+        hostname = name or f"real-vm-{self._count}"
+        inst = fake_instance.fake_instance_obj(
+            ctx, id=self._count, uuid=str(uuid_mod.uuid4()), image_ref=image_id,
+            flavor=flavor, memory_mb=memory_mb, vcpus=1, root_gb=root_gb, ephemeral_gb=0,
+            config_drive="", hostname=hostname, display_name=hostname, kernel_id="",
+            ramdisk_id="", os_type=None)
+        for key, value in dict(
+                metadata=dict(metadata or {}), system_metadata={}, numa_topology=None,
+                vcpu_model=None, pci_requests=None, resources=None, trusted_certs=None,
+                pci_devices=objects.PciDeviceList(objects=[]), device_metadata=None,
+                migration_context=None, keypairs=objects.KeyPairList(objects=[]),
+                tags=objects.TagList(objects=[]), fault=None, old_flavor=None,
+                new_flavor=None, services=objects.ServiceList(objects=[]),
+                security_groups=objects.SecurityGroupList(objects=[]),
+                ec2_ids=objects.EC2Ids(instance_id="i-%08x" % self._count, ami_id="ami-1",
+                                       kernel_id=None, ramdisk_id=None)).items():
+            setattr(inst, key, value)
+        inst.obj_reset_changes()
+        return ctx, inst
+
+    def prepare(self, image_id, **kw):
+        """Spawn up to (not including) the domain definition; returns
+        ``(instance, xml, instance_dir)``."""
+        from nova.network import model as network_model
+        from nova.virt.libvirt import blockinfo
+        from nova.virt.libvirt import driver as libvirt_driver
+        from nova.conf import CONF
+        drv = self.driver
+        ctx, inst = self.instance(image_id, **kw)
+        image_meta = self.images.image_meta(image_id)
+        # Docker2VMDriver.spawn's own first steps (before super().spawn()):
+        spec = drv.container_spec_from_image(ctx, inst)
+        assert spec is not None, "not a docker2vm image"
+        drv._specs[inst.uuid] = spec
+        inst.config_drive = "True"
+        # LibvirtDriver.spawn, step by step:
+        disk_info = blockinfo.get_disk_info(CONF.libvirt.virt_type, inst, image_meta, None)
+        injection = libvirt_driver.InjectionInfo(network_info=network_model.NetworkInfo([]),
+                                                 files=[], admin_pass=None)
+        drv._create_image(ctx, inst, disk_info["mapping"], injection_info=injection)
+        drv._ensure_console_log_for_instance(inst)
+        xml = drv._get_guest_xml(ctx, inst, network_model.NetworkInfo([]), disk_info,
+                                 image_meta)
+        drv._create_configdrive(ctx, inst, injection)
+        inst_dir = os.path.join(self.instances_path, inst.uuid)
+        return inst, xml, inst_dir
+
+    def spawn(self, image_id, **kw):
+        """``Docker2VMDriver.spawn`` itself (define + config drive + start through
+        Nova's Host/Guest), returns ``(context, instance, instance_dir)``."""
+        from unittest import mock
+        from nova.network import model as network_model
+        ctx, inst = self.instance(image_id, **kw)
+        image_meta = self.images.image_meta(image_id)
+        # instance.save() (the database) is a no-op here
+        with mock.patch.object(inst, "save"):
+            self.driver.spawn(ctx, inst, image_meta, injected_files=[], admin_password=None,
+                              allocations={}, network_info=network_model.NetworkInfo([]))
+        return ctx, inst, os.path.join(self.instances_path, inst.uuid)
+
+    def destroy(self, ctx, inst):
+        """``destroy`` with ``destroy_disks``: what deleting the server does here."""
+        from nova.network import model as network_model
+        from unittest import mock
+        with mock.patch.object(inst, "save"):
+            self.driver.destroy(ctx, inst, network_model.NetworkInfo([]), destroy_disks=True)
+
+
+def glance_share_image(archive):
+    """``(archive.tar, properties)`` as the ``docker-convert`` import stores a
+    ``docker_delivery=share`` image: the plugin's normalised single-layer
+    docker archive (``glance_docker_import.share``), cached."""
+    from docker_rootfs.archive import open_image
+    from glance_docker_import import share
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / (pathlib.Path(archive).name + ".glance-share.tar")
+    if not out.exists():
+        tmp = str(out) + ".tmp"
+        with open_image(str(archive)) as img, open(tmp, "wb") as f:
+            share.write_single_layer_archive(img, f)
+        os.replace(tmp, out)
+    return out, share_properties(archive)
+
+
+class Console:
+    """Follows a console log file (virtlogd writes it) line by line."""
+
+    def __init__(self, path):
+        self.path = path
+        self.start = time.monotonic()
+        self.lines = []
+        self._offset = 0
+        self._buf = b""
+
+    def poll(self):
+        self._offset, self._buf, new = _read_lines(self.path, self._offset, self._buf)
+        now = time.monotonic() - self.start
+        self.lines += [(now, line) for line in new]
+        return new
+
+    def wait_for(self, predicate, timeout, alive=None):
+        """Until a line matches (returns its time) or ``timeout``/``alive()`` false (None)."""
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            for t, line in self.lines[seen:]:
+                if predicate(line):
+                    return t
+            seen = len(self.lines)
+            if alive is not None and not alive():
+                self.poll()
+                for t, line in self.lines[seen:]:
+                    if predicate(line):
+                        return t
+                return None
+            time.sleep(0.2)
+        return None
+
+    @property
+    def text(self):
+        return "\n".join(t for _, t in self.lines)
+
+    def exit_status(self):
+        for _, line in reversed(self.lines):
+            if line.startswith("docker2vm: exit status "):
+                return int(line.split()[3])
+        return None
+
+
+def wait_shutoff(lv, uuid, timeout):
+    """Wait until the domain is shut off; ``(state, reason)`` or None on timeout."""
+    import libvirt
+    dom = lv.connect().lookupByUUIDString(uuid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, reason = dom.state()
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            return state, reason
+        time.sleep(0.3)
+    return None
+
+
+def sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
