@@ -212,3 +212,32 @@ def test_glance_import_bundle(archive, base, app, tmp_path_factory):
         assert staging_leftovers(srv, image_id) == []
     finally:
         srv.stop()
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_libvirt_domain_disk_alone(app, tmp_path):
+    """A libvirt domain shaped like stock Nova's for an ordinary image
+    (``<boot dev='hd'/>``, root disk vda, config drive on an IDE cdrom, pty
+    serial logged by virtlogd, ACPI), on a private real libvirtd: nothing
+    docker2vm-specific in the XML; the container runs, powers the domain off."""
+    pytest.importorskip("libvirt")
+    from tests.nova import libvirtd, libvirtkit
+    import libvirt
+    missing = libvirtd.missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} needed ({', '.join(libvirtd.PACKAGES)})", pytrace=False)
+    inst = libvirtkit.Instance.new(str(tmp_path), 1, hostname="bundle-libvirt")
+    disk = images.instance_disk(app, inst.path("disk"), 256)
+    meta = {"docker_cmd": json.dumps(["from-libvirt"])}
+    cfg = configdrive.build_config_drive(inst.path("disk.config"), {}, inst.hostname,
+                                         instance_uuid=inst.uuid, meta=meta)
+    xml = libvirtkit.stand_in_xml(inst, str(disk), cfg)
+    assert "<kernel>" not in xml and "<serial>" not in xml and '<boot dev="hd"/>' in xml
+    with libvirtd.Libvirtd() as lv:
+        run = libvirtkit.run_domain(lv, xml, inst.console, timeout=300)
+        text = libvirtkit.dump(run, lv, inst.name)
+    assert not run.timed_out and run.state == libvirt.VIR_DOMAIN_SHUTOFF, text
+    assert run.first(lambda l: l.startswith("BUNDLE-OK from-libvirt FOO=bar")) is not None, text
+    assert run.first(lambda l: l == "HOST=bundle-libvirt PWD=/work") is not None, text
+    assert run.exit_status() == 3, text
