@@ -32,13 +32,14 @@ See docs/bundle.md.
 """
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 
@@ -197,7 +198,11 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
         if not base_dir:
             raise errors.Docker2VMError("bundle: a base image directory is needed")
         progress(0.0, "base image")
-        base = base_mod.build_base_image(base_dir, kernel_package=kernel_package)
+        os.makedirs(base_dir, exist_ok=True)
+        # One builder at a time (concurrent Glance imports share the directory).
+        with open(os.path.join(base_dir, ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            base = base_mod.build_base_image(base_dir, kernel_package=kernel_package)
         timings["base"] = time.monotonic() - t0
     out_dir = os.path.dirname(os.path.abspath(output)) or "."
     work = tempfile.mkdtemp(prefix=tmp_prefix or "docker2vm-bundle-",
@@ -262,7 +267,13 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
         fd, partial = tempfile.mkstemp(prefix=".docker2vm-", suffix="." + fmt, dir=out_dir)
         os.close(fd)
         if fmt == "raw":
-            os.replace(raw, partial)
+            try:
+                os.replace(raw, partial)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # tmp_dir on another filesystem: a sparse copy
+                _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "raw", raw, partial])
         else:
             cmd = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]
             if options.qcow2_compress:
