@@ -69,6 +69,7 @@ def ensure_tree(share_dir, image_id, archive_path, limits=None):
                 tf.extractall(root, numeric_owner=True, filter=_safe_filter)
             os.chmod(root, 0o755)
             os.rename(root, path)
+            os.utime(path)      # last use: the cache manager pass ages trees by it
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             if os.path.exists(tar_path):

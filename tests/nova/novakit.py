@@ -70,7 +70,10 @@ def make_instance(image_ref=IMAGE_ID, **kw):
         root_device_name=None, user_data=None, locked=False, launched_at=None,
         terminated_at=None, deleted=False, display_description=None, key_name=None,
         power_state=None, security_groups=objects.SecurityGroupList(), tags=objects.TagList(),
-        services=objects.ServiceList(), shares=objects.ShareMappingList())
+        services=objects.ServiceList(), shares=objects.ShareMappingList(),
+        keypairs=objects.KeyPairList(objects=[]),
+        ec2_ids=objects.EC2Ids(instance_id="i-00000001", ami_id="ami-00000001",
+                               kernel_id=None, ramdisk_id=None))
     values.update(kw)
     inst = objects.Instance(**values)
     inst.obj_reset_changes()
