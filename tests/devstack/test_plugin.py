@@ -628,3 +628,30 @@ def test_standins_write_what_devstack_writes(tmp_path):
                            for p, t in sb.snapshot().items()})
         results.append(states)
     assert results[0] == results[1]
+
+
+# --- metadefs into a real Glance database ------------------------------------------
+
+@pytest.mark.slow
+def test_metadefs_loaded_by_glance_manage(tmp_path):
+    """On the database host, post-config loads etc/metadefs with the real
+    glance-manage (devstack's init_glance ran db_sync and the stock
+    db_load_metadefs before this phase)."""
+    import sqlite3
+    sb = Sandbox(tmp_path, None)
+    sb.env["GLANCE_BIN_DIR"] = os.path.dirname(sys.executable)
+    sb.devstack_glance()
+    sb.bash("$GLANCE_BIN_DIR/glance-manage --config-file $GLANCE_API_CONF db_sync >/dev/null 2>&1")
+    sb.plugin("stack", "post-config", ENABLED_SERVICES="g-api,mysql,docker2vm")
+    with open(os.path.join(TOP, "etc", "metadefs", "docker2vm-container.json")) as f:
+        doc = json.load(f)
+    db = sqlite3.connect(sb.data / "glance.sqlite")
+    try:
+        (ns_id, protected), = db.execute(
+            "SELECT id, protected FROM metadef_namespaces WHERE namespace = ?",
+            (doc["namespace"],)).fetchall()
+        names = {r[0] for r in db.execute(
+            "SELECT name FROM metadef_properties WHERE namespace_id = ?", (ns_id,))}
+    finally:
+        db.close()
+    assert protected and names == set(doc["properties"])
