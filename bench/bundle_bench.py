@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -234,6 +235,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", metavar="PNG", help="also draw the charts (needs matplotlib)")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: temporary files and guests are cleaned up.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     r = run([int(s) for s in args.sizes.split(",")], args.runs)
     if args.json:
         print(json.dumps(r, indent=1))

@@ -258,9 +258,12 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
             f.write(code)
         _esp(raw, esp_bytes, stage, _volume_id(result.seed),
              max(result.fixed_time, FAT_EPOCH_MIN))
-        with open(raw, "r+b") as f:
-            _copy_sparse(rootfs_raw, f.fileno(), root_start)
-        os.unlink(rootfs_raw)
+        if fmt == "raw":
+            with open(raw, "r+b") as f:
+                _copy_sparse(rootfs_raw, f.fileno(), root_start)
+            os.unlink(rootfs_raw)
+        else:
+            os.truncate(raw, root_start)     # the head: table + boot partition
         timings["boot"] = time.monotonic() - t
         # 4. Output, renamed into place.
         t = time.monotonic()
@@ -278,7 +281,7 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
             cmd = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]
             if options.qcow2_compress:
                 cmd.append("-c")
-            _run(cmd + [raw, partial])
+            _run(cmd + [raw, rootfs_raw, partial])     # qemu-img concatenates its inputs
         os.chmod(partial, 0o644)
         os.replace(partial, output)
         partial = None
