@@ -387,3 +387,29 @@ def test_stop_by_power_button_then_start(lv, instances_path, base):
     assert second["shutoff"] is not None
     assert second["metadata"].get("docker2vm_exit_status") == "5"
     print(f"stop: power_off returned {out['stop_s']:.1f}s after the press")
+
+
+def test_harness_stand_in_domain(lv, instances_path, base, probe_archive):
+    """The harness alone, without the driver: a hand-written domain
+    (libvirtkit.stand_in_xml, shaped like Nova 34's XML for virt_type=qemu)
+    with the same inputs boots on the private libvirtd. When a driver test
+    fails and this one passes, the driver is at fault, not libvirtd, the
+    base VM or the images. Everything here is a stand-in except libvirtd,
+    virtlogd, QEMU, the guest and the converted rootfs."""
+    from docker_rootfs.guest import contract
+    disk, _ = kit.glance_disk_image(probe_archive)
+    inst = kit.Instance.new(instances_path, 99)
+    try:
+        root = kit.qcow2_overlay(disk, inst.path("disk"), 1024)
+        cfg = kit.config_drive(inst.path("disk.config"), probe_archive, inst.hostname,
+                               contract.RootfsDelivery.disk("d2v-stand-in"),
+                               instance_uuid=inst.uuid)
+        xml = kit.stand_in_xml(inst, root, cfg, kernel=base.vmlinux, initrd=base.initrd,
+                               cmdline=base.cmdline, serial="d2v-stand-in")
+        run = kit.run_domain(lv, xml, inst.console, timeout=BOOT_TIMEOUT)
+    finally:
+        shutil.rmtree(inst.dir, ignore_errors=True)
+    assert not run.timed_out, kit.dump(run, lv, inst.name)
+    assert "ARGS=from-image" in [l for _, l in run.lines], run.text
+    assert run.exit_status() == 3, run.text
+    assert kit.shutoff_reason_name(run.reason) == "shutdown"
