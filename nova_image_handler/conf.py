@@ -63,6 +63,14 @@ opts = [
         "share_dir", default="",
         help="Where docker_delivery=share images are unpacked, one read-only tree "
              "per image per host. Default: $instances_path/_docker2vm_shares."),
+    cfg.BoolOpt(
+        "share_readonly_mount", default=True,
+        help="Make each unpacked share tree a read-only bind mount of itself "
+             "(through Nova's privsep, CAP_SYS_ADMIN) before a guest sees it. The C "
+             "virtiofsd of QEMU 7.2 has no read-only mode and libvirt 9.0 refuses "
+             "<readonly/> for virtiofs, so without it a guest (root in its VM) could "
+             "change the tree all instances of the image share. 9p exports carry "
+             "<readonly/> as well."),
     cfg.StrOpt(
         "virtiofsd_path", default="/usr/lib/qemu/virtiofsd",
         help="The virtiofsd binary libvirt starts for virtiofs shares (Debian 12: "

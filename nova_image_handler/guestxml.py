@@ -60,7 +60,9 @@ class ShareFilesystem(vconfig.LibvirtConfigGuestDevice):
     created with QEMU's credentials and no ownership change is passed
     through; nothing is written anyway: ``<readonly/>``). virtiofs:
     ``<driver type='virtiofs'/>``, libvirt starts ``<binary path=...>``
-    sandboxed (``<sandbox mode='chroot'/>``) with ``xattr='off'``."""
+    sandboxed (``<sandbox mode='chroot'/>``) with ``xattr='off'``; no
+    ``<readonly/>`` (libvirt 9.0 refuses it for virtiofs): the source is a
+    read-only bind mount."""
 
     def __init__(self, kind, source_dir, tag, virtiofsd_path=None, **kwargs):
         super().__init__(root_name="filesystem", **kwargs)
@@ -78,7 +80,6 @@ class ShareFilesystem(vconfig.LibvirtConfigGuestDevice):
             binary = etree.Element("binary", xattr="off")
             if self.virtiofsd_path:
                 binary.set("path", self.virtiofsd_path)
-            binary.append(etree.Element("cache", mode="auto"))
             binary.append(etree.Element("sandbox", mode="chroot"))
             dev.append(binary)
         else:
@@ -86,7 +87,12 @@ class ShareFilesystem(vconfig.LibvirtConfigGuestDevice):
             dev.append(etree.Element("driver", type="path", wrpolicy="immediate"))
         dev.append(etree.Element("source", dir=self.source_dir))
         dev.append(etree.Element("target", dir=self.tag))
-        dev.append(etree.Element("readonly"))
+        if self.kind != "virtiofs":
+            # libvirt 9.0 refuses <readonly/> with virtiofs ("virtiofs does
+            # not yet support read-only mode"), and the C virtiofsd has no
+            # read-only option: that tree is a read-only bind mount instead
+            # (nova_image_handler.unpack).
+            dev.append(etree.Element("readonly"))
         return dev
 
 

@@ -10,11 +10,19 @@ tar next to the tree, and extracted with tarfile's ``tar`` filter (no
 absolute or escaping paths, no setuid/setgid bits) minus device nodes and
 FIFOs (on a share they would be the host's devices); a half-made tree is
 never renamed into place. ``share_dir`` itself is 0700.
+
+The tree is then made a read-only bind mount of itself
+(:func:`ensure_read_only`, through privsep; checked again on every use, so
+also after a host reboot): the C virtiofsd of QEMU 7.2 has no read-only
+mode and libvirt 9.0 refuses ``<readonly/>`` for virtiofs, so this is what
+keeps a guest (root in its VM) from changing the tree every instance of
+the image shares. :func:`remove_tree` unmounts before removing.
 """
 
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -42,19 +50,73 @@ def _safe_filter(member, dest):
     return tarfile.tar_filter(member, dest)
 
 
-def ensure_tree(share_dir, image_id, archive_path, limits=None):
-    """The unpacked tree of ``archive_path`` for ``image_id`` (made if missing)."""
+def is_read_only(path):
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _unescape(field):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def is_mount(path):
+    """True when ``path`` is a mount point (a bind mount of a directory onto
+    itself keeps st_dev, so os.path.ismount cannot tell)."""
+    path = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(_unescape(line.split()[4]) == path for line in f)
+    except OSError:
+        return os.path.ismount(path)
+
+
+def ensure_read_only(path):
+    if is_read_only(path):
+        return
+    from nova_image_handler import privileged
+    from nova_image_handler import errors
+    try:
+        privileged.readonly_bind_mount(path)
+    except Exception as exc:
+        raise errors.HostError(
+            reason=f"cannot make the share tree {path} a read-only bind mount ({exc}); "
+                   "set [docker2vm] share_readonly_mount = false only if the export is "
+                   "read-only some other way") from None
+    if not is_read_only(path):
+        raise errors.HostError(reason=f"share tree {path} is still writable after the "
+                                      "read-only bind mount")
+
+
+def remove_tree(path):
+    """Unmount (if mounted) and remove one tree."""
+    if os.path.isdir(path) and is_mount(path):
+        from nova_image_handler import privileged
+        privileged.umount(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def ensure_tree(share_dir, image_id, archive_path, limits=None, read_only_mount=True):
+    """The unpacked tree of ``archive_path`` for ``image_id`` (made if missing),
+    a read-only bind mount unless ``read_only_mount`` is false."""
+    path = _ensure_tree(share_dir, image_id, archive_path, limits)
+    if read_only_mount:
+        with lockutils.lock("docker2vm-share-" + tree_name(image_id), external=True,
+                            lock_path=share_dir):
+            ensure_read_only(path)
+    return path
+
+
+def _ensure_tree(share_dir, image_id, archive_path, limits=None):
     from docker_rootfs.archive import open_image
 
     os.makedirs(share_dir, mode=0o700, exist_ok=True)
     path = tree_path(share_dir, image_id)
     if os.path.isdir(path):
-        os.utime(path)
+        _touch(path)
         return path
     name = tree_name(image_id)
     with lockutils.lock("docker2vm-share-" + name, external=True, lock_path=share_dir):
         if os.path.isdir(path):
-            os.utime(path)
+            _touch(path)
             return path
         started = time.monotonic()
         tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + name + ".", dir=share_dir)
@@ -69,7 +131,7 @@ def ensure_tree(share_dir, image_id, archive_path, limits=None):
                 tf.extractall(root, numeric_owner=True, filter=_safe_filter)
             os.chmod(root, 0o755)
             os.rename(root, path)
-            os.utime(path)      # last use: the cache manager pass ages trees by it
+            _touch(path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             if os.path.exists(tar_path):
@@ -77,6 +139,25 @@ def ensure_tree(share_dir, image_id, archive_path, limits=None):
         LOG.info("docker2vm: unpacked image %s into %s in %.1f s", image_id, path,
                  time.monotonic() - started)
     return path
+
+
+def _stamp(path):
+    return path + ".used"
+
+
+def _touch(path):
+    """Record a use (the cache manager ages trees by it; the tree's own
+    mtime is the image's and the tree may be read-only)."""
+    with open(_stamp(path), "a"):
+        pass
+    os.utime(_stamp(path))
+
+
+def last_used(path):
+    try:
+        return os.stat(_stamp(path)).st_mtime
+    except FileNotFoundError:
+        return os.stat(path).st_mtime
 
 
 def remove_unused(share_dir, used_image_ids, min_age_seconds, now=None):
@@ -94,7 +175,7 @@ def remove_unused(share_dir, used_image_ids, min_age_seconds, now=None):
         if len(entry) != 40 and not entry.startswith(TMP_PREFIX):
             continue      # lock files and anything not ours
         try:
-            age = now - os.stat(path).st_mtime
+            age = now - last_used(path)
         except FileNotFoundError:
             continue
         if age < min_age_seconds:
@@ -104,8 +185,10 @@ def remove_unused(share_dir, used_image_ids, min_age_seconds, now=None):
         with lockutils.lock("docker2vm-share-" + name, external=True, lock_path=share_dir):
             LOG.info("docker2vm: removing unused share tree %s", path)
             if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
             elif os.path.exists(path):
                 os.unlink(path)
+            if os.path.exists(_stamp(path)):
+                os.unlink(_stamp(path))
         removed.append(path)
     return removed

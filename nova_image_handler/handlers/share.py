@@ -8,6 +8,8 @@ shared core's flattener with the import's limits), and exports the tree
 read-only to the guest by virtiofs (libvirt starts virtiofsd sandboxed;
 guest memory becomes shared memfd) or 9p. The guest puts a tmpfs overlay
 on top (docs/guest-contract.md): container writes stay in guest RAM.
+The tree is a read-only bind mount (``[docker2vm] share_readonly_mount``):
+virtiofs itself cannot export read-only with QEMU 7.2 / libvirt 9.0.
 """
 
 import os
@@ -56,10 +58,15 @@ class ShareHandler(base.ImageHandler):
     def prepare(self, context, instance, spec, root_base_path):
         from docker_rootfs import opts as core_opts
         unpack.ensure_tree(self.share_dir, spec.image_id, root_base_path,
-                           core_opts.limits_from_conf(self.conf))
+                           core_opts.limits_from_conf(self.conf),
+                           read_only_mount=self.opts.share_readonly_mount)
 
     def guest_paths(self, instance, spec):
-        return {"share": unpack.tree_path(self.share_dir, spec.image_id)}
+        path = unpack.tree_path(self.share_dir, spec.image_id)
+        if self.opts.share_readonly_mount and os.path.isdir(path):
+            # again at every (re)boot: a host reboot drops the bind mount
+            unpack.ensure_read_only(path)
+        return {"share": path}
 
     def configure_guest(self, guest, paths):
         guestxml.add_share(guest, self.kind, paths["share"], self.opts.share_tag,

@@ -120,6 +120,8 @@ class DriverTestCase(test.NoDBTestCase):
             f.write("#!/bin/sh\n")
         os.chmod(self.virtiofsd, 0o755)
         self.flags(virtiofsd_path=self.virtiofsd, group="docker2vm")
+        # mounts need root and a private mount namespace: test_share_mount.py
+        self.flags(share_readonly_mount=False, group="docker2vm")
         self.images = {}       # image id -> properties (the image API)
 
     # -- drivers -------------------------------------------------------------

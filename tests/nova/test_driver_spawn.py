@@ -241,6 +241,7 @@ class TestRootDisk(SpawnTestCase):
         mgr.update(self.context, [self.inst])
         self.assertTrue(os.path.exists(used))
         self.assertFalse(os.path.exists(unused))
+        self.assertFalse(os.path.exists(unused + ".used"))
 
 
 class TestShare(SpawnTestCase):
@@ -266,7 +267,8 @@ class TestShare(SpawnTestCase):
             return real(*a, **k)
         with mock.patch.object(archive, "open_image", side_effect=counting):
             threads = [threading.Thread(target=unpack.ensure_tree,
-                                        args=(self.share_dir, novakit.IMAGE_ID, self.archive))
+                                        args=(self.share_dir, novakit.IMAGE_ID, self.archive),
+                                        kwargs={"read_only_mount": False})
                        for _ in range(4)]
             for t in threads:
                 t.start()
@@ -274,9 +276,8 @@ class TestShare(SpawnTestCase):
                 t.join()
         self.assertEqual(len(calls), 1)
         tree = unpack.tree_path(self.share_dir, novakit.IMAGE_ID)
-        self.assertEqual(sorted(os.listdir(self.share_dir)),
-                         sorted([os.path.basename(tree)] +
-                                [n for n in os.listdir(self.share_dir) if n.startswith("docker2vm")]))
+        names = {n for n in os.listdir(self.share_dir) if not n.startswith("docker2vm-share")}
+        self.assertEqual(names, {os.path.basename(tree), os.path.basename(tree) + ".used"})
         with open(os.path.join(tree, "bin/sh"), "rb") as f:
             self.assertEqual(f.read(), b"#!shell\n")
         self.assertEqual(os.readlink(os.path.join(tree, "abs")), "/etc/passwd")
@@ -314,18 +315,22 @@ class TestShare(SpawnTestCase):
 
     def test_unused_trees_removed_on_the_cache_schedule(self):
         oci_archive(self.archive, hostile_entries())
-        used = unpack.ensure_tree(self.share_dir, novakit.IMAGE_ID, self.archive)
+        used = unpack.ensure_tree(self.share_dir, novakit.IMAGE_ID, self.archive,
+                                  read_only_mount=False)
         other_id = "aaaaaaaa-0000-4000-8000-000000000000"
-        unused = unpack.ensure_tree(self.share_dir, other_id, self.archive)
+        unused = unpack.ensure_tree(self.share_dir, other_id, self.archive,
+                                    read_only_mount=False)
         old = time.time() - 2 * 86400
         for p in (used, unused):
-            os.utime(p, (old, old))
+            os.utime(p + ".used", (old, old))
         with mock.patch.object(self.drv.image_cache_manager, "update"):
             self.drv.manage_image_cache(self.context, [self.inst])
         self.assertTrue(os.path.isdir(used))
         self.assertFalse(os.path.exists(unused))
+        self.assertFalse(os.path.exists(unused + ".used"))
         # recently used trees stay even when unused now
-        fresh = unpack.ensure_tree(self.share_dir, other_id, self.archive)
+        fresh = unpack.ensure_tree(self.share_dir, other_id, self.archive,
+                                   read_only_mount=False)
         with mock.patch.object(self.drv.image_cache_manager, "update"):
             self.drv.manage_image_cache(self.context, [self.inst])
         self.assertTrue(os.path.isdir(fresh))

@@ -100,7 +100,8 @@ class TestDomainXML(novakit.DriverTestCase):
         dom = parse(xml)
         fs = dom.find("devices/filesystem")
         self.assertEqual(fs.find("driver").get("type"), "virtiofs")
-        self.assertIsNotNone(fs.find("readonly"))
+        # libvirt 9.0 refuses <readonly/> for virtiofs: the tree is a ro bind mount
+        self.assertIsNone(fs.find("readonly"))
         self.assertEqual(fs.find("target").get("dir"), "docker2vm-root")
         share_dir = os.path.join(self.instances_path, unpack.DEFAULT_DIR_NAME)
         self.assertEqual(fs.find("source").get("dir"),
