@@ -1,0 +1,761 @@
+"""A whole OpenStack cloud on one machine, on 127.0.0.1 (development only).
+
+Real services, from PyPI (the repository's .venv) and Debian packages:
+
+==============  ==========================================================
+MariaDB         ``mariadbd``, unix socket only (``STATE/mysql/sock``)
+RabbitMQ        Debian ``rabbitmq-server`` started by hand (own epmd)
+Keystone        pip ``keystone``, ``keystone.wsgi.api`` under gunicorn
+Glance          pip ``glance`` 33 + this project's plugin and paste filter
+                (glance_docker_import.devserver's config, keystone authtoken
+                instead of its dev filter), gunicorn
+Placement       pip ``openstack-placement``, ``placement.wsgi.api`` under gunicorn
+Nova            pip ``nova`` 34: api (``nova.wsgi.osapi_compute`` under
+                gunicorn), conductor, scheduler, compute (libvirt, TCG)
+libvirtd        Debian libvirt, private daemons in a mount namespace
+                (devcloud/libvirtd.py)
+Neutron         STAND-IN, not Neutron: devcloud/neutron_standin.py (why: see
+                there; servers use ``--nic none``)
+==============  ==========================================================
+
+Everything (config, databases, logs, PIDs, images, instances) is under one
+state directory: ``$DEVCLOUD_STATE`` or ``<repo>/.cloud``. Ports are fixed,
+below Linux's ephemeral range (so they never clash with the tests'
+``free_port()`` servers): ``$DEVCLOUD_PORT_BASE`` (28700) + offsets.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from devcloud.libvirtd import Libvirtd
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGION = "RegionOne"
+PASSWORD = "devcloud"          # every user's password (127.0.0.1 only)
+SERVICE_USERS = ("glance", "nova", "placement", "neutron")
+DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0")
+FLAVORS = (("d2v.tiny", 1, 256, 1), ("d2v.small", 1, 512, 2))   # name, vcpus, MiB, GiB
+PORTS = {"keystone": 0, "glance": 92, "placement": 78, "nova-api": 74,
+         "neutron": 96, "rabbitmq": 72, "rabbitmq-dist": 73, "epmd": 69}
+# Start order; down goes in reverse.
+SERVICES = ("mysql", "epmd", "rabbitmq", "libvirtd", "keystone", "glance",
+            "placement", "neutron", "nova-api", "nova-conductor",
+            "nova-scheduler", "nova-compute")
+
+
+def venv_bin(name):
+    cand = os.path.join(os.path.dirname(sys.executable), name)
+    return cand if os.path.exists(cand) else (shutil.which(name) or name)
+
+
+class CloudError(RuntimeError):
+    pass
+
+
+class Cloud:
+    def __init__(self, state=None, port_base=None, compute_driver=None,
+                 docker2vm_opts=None, log=None):
+        self.state = os.path.abspath(state or os.environ.get("DEVCLOUD_STATE")
+                                     or os.path.join(TOP, ".cloud"))
+        base = int(port_base or os.environ.get("DEVCLOUD_PORT_BASE", "28700"))
+        self.ports = {k: base + v for k, v in PORTS.items()}
+        self.compute_driver = compute_driver or os.environ.get(
+            "DEVCLOUD_COMPUTE_DRIVER", "libvirt.LibvirtDriver")
+        self.docker2vm_opts = dict(docker2vm_opts or {})
+        self.log = log or (lambda msg: print(f"devcloud: {msg}", file=sys.stderr, flush=True))
+        self.libvirtd = Libvirtd(self.path("libvirt"))
+
+    # -- paths, urls ---------------------------------------------------------
+    def path(self, *parts):
+        return os.path.join(self.state, *parts)
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    @property
+    def keystone_url(self):
+        return self.url("keystone") + "/v3"
+
+    @property
+    def mysql_socket(self):
+        return self.path("mysql", "sock")
+
+    def db_url(self, name):
+        return (f"mysql+pymysql://root@localhost/{name}"
+                f"?unix_socket={self.mysql_socket}&charset=utf8mb4")
+
+    @property
+    def transport_url(self):
+        return f"rabbit://guest:guest@127.0.0.1:{self.ports['rabbitmq']}/"
+
+    def pidfile(self, name):
+        return self.path("pids", f"{name}.pid")
+
+    def logfile(self, name):
+        return self.path("log", f"{name}.log")
+
+    # -- process bookkeeping --------------------------------------------------
+    def pid(self, name):
+        if name == "libvirtd":
+            return self.libvirtd.pid()
+        try:
+            with open(self.pidfile(name)) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        try:    # a zombie child of ours is not running
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    os.waitpid(pid, os.WNOHANG)
+                    return None
+        except (OSError, IndexError, ChildProcessError):
+            pass
+        return pid
+
+    def spawn(self, name, cmd, env=None, cwd=None):
+        """Start one service in its own session (its process group is what
+        ``down`` kills); stdout/stderr to log/NAME.out; PID recorded."""
+        if self.pid(name):
+            return False
+        os.makedirs(self.path("pids"), exist_ok=True)
+        os.makedirs(self.path("log"), exist_ok=True)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        out = open(self.path("log", f"{name}.out"), "ab")
+        proc = subprocess.Popen(cmd, env=full_env, cwd=cwd or self.state,
+                                stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        with open(self.pidfile(name), "w") as f:
+            f.write(str(proc.pid))
+        return True
+
+    def kill(self, name, timeout=30):
+        if name == "libvirtd":
+            self.libvirtd.stop(timeout)
+            return
+        pid = self.pid(name)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._group_alive(pid):
+                _reap(pid)
+                time.sleep(0.1)
+            if self._group_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                time.sleep(0.2)
+            _reap(pid)
+        try:
+            os.unlink(self.pidfile(name))
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def _group_alive(pgid):
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    with open(f"/proc/{p}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    if int(fields[2]) == pgid and fields[0] != "Z":
+                        return True
+                except (OSError, IndexError, ValueError):
+                    pass
+        return False
+
+    def tail(self, name, n=3000):
+        text = ""
+        for fn in (f"{name}.out", f"{name}.log"):
+            try:
+                with open(self.path("log", fn), errors="replace") as f:
+                    text += f"\n--- log/{fn} ---\n" + f.read()[-n:]
+            except OSError:
+                pass
+        return text
+
+    def wait(self, name, check, timeout=120, what=None):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if name and not self.pid(name):
+                raise CloudError(f"{name} exited during start-up:{self.tail(name)}")
+            try:
+                if check():
+                    return
+            except Exception as exc:   # noqa: BLE001 - any failure means not ready yet
+                last = exc
+            time.sleep(0.3)
+        raise CloudError(f"{what or name} not ready after {timeout}s ({last}):{self.tail(name)}")
+
+    @staticmethod
+    def http_ok(url):
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                return r.status < 500
+        except urllib.error.HTTPError as e:
+            return e.code < 500
+
+    def stamp(self, name):
+        return os.path.exists(self.path("stamps", name))
+
+    def set_stamp(self, name):
+        os.makedirs(self.path("stamps"), exist_ok=True)
+        open(self.path("stamps", name), "w").close()
+
+    def run(self, cmd, env=None, timeout=900, what=None):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        res = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL)
+        with open(self.path("log", "setup.log"), "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
+        if res.returncode:
+            raise CloudError(f"{what or cmd[0]} failed ({res.returncode}):\n"
+                             + (res.stderr or res.stdout)[-3000:])
+        return res.stdout
+
+    # -- up / down -----------------------------------------------------------
+    def up(self):
+        t0 = time.monotonic()
+        self.check_prerequisites()
+        for d in ("log", "pids", "stamps", "etc"):
+            os.makedirs(self.path(d), exist_ok=True)
+        self.write_configs()
+        self.start_mysql()
+        self.start_rabbitmq()
+        self.libvirtd.start()
+        self.wait("mysql", lambda: self._mysql("SELECT 1") is not None, 60)
+        self.create_databases()
+        self.start_keystone()
+        self.bootstrap_keystone()
+        self.start_glance()
+        self.start_placement()
+        self.start_neutron_standin()
+        self.start_nova()
+        self.libvirtd.wait_ready()
+        self.start_compute()
+        self.finish_nova()
+        self.write_clouds_yaml()
+        took = time.monotonic() - t0
+        self.log(f"cloud up in {took:.1f}s (state in {self.state})")
+        return took
+
+    def down(self):
+        for name in reversed(SERVICES):
+            if name == "nova-compute":
+                self.destroy_domains()
+            self.kill(name)
+        # epmd started by rabbit itself (should not happen: ours runs first)
+        left = self.leftover_processes()
+        if left:
+            self.log(f"killing leftovers: {left}")
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self.log("cloud down")
+
+    def destroy_domains(self):
+        if not self.libvirtd.running():
+            return
+        try:
+            out = self.libvirtd.virsh("list", "--all", "--name", timeout=20).stdout
+            for dom in out.split():
+                self.libvirtd.virsh("destroy", dom, check=False, timeout=30)
+                self.libvirtd.virsh("undefine", "--nvram", dom, check=False, timeout=30)
+        except Exception as exc:     # noqa: BLE001
+            self.log(f"could not list domains: {exc}")
+
+    def leftover_processes(self):
+        """Processes whose command line or cwd names the state dir."""
+        out = []
+        me = os.getpid()
+        for p in os.listdir("/proc"):
+            if not p.isdigit() or int(p) == me:
+                continue
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+                cwd = os.readlink(f"/proc/{p}/cwd")
+            except OSError:
+                continue
+            if self.state + "/" in cmd.replace("\0", " ") + " " or cwd == self.state \
+                    or cwd.startswith(self.state + "/"):
+                out.append(int(p))
+        return out
+
+    def status(self):
+        return {name: self.pid(name) for name in SERVICES}
+
+    def destroy(self):
+        """down, then remove the state dir (the cloud's only footprint)."""
+        self.down()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    # -- prerequisites --------------------------------------------------------
+    def check_prerequisites(self):
+        missing = [t for t in ("mariadbd", "mariadb-install-db", "unshare", "libvirtd",
+                               "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img",
+                               "epmd")
+                   if not (shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
+                           or os.path.exists(f"/usr/lib/erlang/bin/{t}"))]
+        if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
+            missing.append("rabbitmq-server")
+        if missing:
+            raise CloudError("missing system tools: " + ", ".join(missing)
+                             + " (bash devcloud/cloud.sh installs bindep profile 'cloud')")
+        for mod in ("keystone", "glance", "nova", "placement", "pymysql", "gunicorn",
+                    "libvirt", "openstack", "glance_docker_import"):
+            try:
+                __import__(mod)
+            except ImportError:
+                raise CloudError(f"Python package for '{mod}' is missing from {sys.prefix} "
+                                 "(pip install -r devcloud/requirements.txt)")
+        if os.geteuid() != 0:
+            raise CloudError("the development cloud needs root (libvirtd, mounts)")
+
+    # -- configuration ---------------------------------------------------------
+    def authtoken(self, user):
+        return (f"www_authenticate_uri = {self.keystone_url}\n"
+                f"auth_url = {self.keystone_url}\n"
+                "auth_type = password\n"
+                "project_domain_name = Default\nuser_domain_name = Default\n"
+                f"project_name = service\nusername = {user}\npassword = {PASSWORD}\n"
+                f"region_name = {REGION}\n")
+
+    def service_auth(self, user="nova"):
+        return (f"auth_url = {self.keystone_url}\nauth_type = password\n"
+                "project_domain_name = Default\nuser_domain_name = Default\n"
+                f"project_name = service\nusername = {user}\npassword = {PASSWORD}\n"
+                f"region_name = {REGION}\n")
+
+    def write_configs(self):
+        etc = self.path("etc")
+        files = {}
+        files["keystone/keystone.conf"] = f"""\
+[DEFAULT]
+log_file = {self.logfile('keystone')}
+[database]
+connection = {self.db_url('keystone')}
+[token]
+provider = fernet
+[fernet_tokens]
+key_repository = {self.path('keystone', 'fernet-keys')}
+[fernet_receipts]
+key_repository = {self.path('keystone', 'fernet-keys')}
+[credential]
+key_repository = {self.path('keystone', 'credential-keys')}
+"""
+        files["placement/placement.conf"] = f"""\
+[DEFAULT]
+log_file = {self.logfile('placement')}
+[api]
+auth_strategy = keystone
+[keystone_authtoken]
+{self.authtoken('placement')}
+[placement_database]
+connection = {self.db_url('placement')}
+"""
+        nova = f"""\
+[DEFAULT]
+transport_url = {self.transport_url}
+state_path = {self.path('nova')}
+instances_path = {self.path('nova', 'instances')}
+compute_driver = {self.compute_driver}
+my_ip = 127.0.0.1
+host = devcloud
+[api]
+auth_strategy = keystone
+[api_database]
+connection = {self.db_url('nova_api')}
+[database]
+connection = {self.db_url('nova')}
+[keystone_authtoken]
+{self.authtoken('nova')}
+[service_user]
+send_service_user_token = true
+{self.service_auth()}
+[placement]
+{self.service_auth()}
+valid_interfaces = internal,public
+[glance]
+valid_interfaces = internal,public
+[neutron]
+{self.service_auth()}
+# the devcloud Neutron STAND-IN (devcloud/neutron_standin.py)
+endpoint_override = {self.url('neutron')}
+[libvirt]
+virt_type = qemu
+connection_uri = {self.libvirtd.uri}
+[scheduler]
+discover_hosts_in_cells_interval = 5
+workers = 1
+[conductor]
+workers = 1
+[oslo_concurrency]
+lock_path = {self.path('nova', 'locks')}
+[oslo_messaging_rabbit]
+heartbeat_timeout_threshold = 0
+[vnc]
+enabled = false
+[spice]
+enabled = false
+[nova_sys_admin]
+helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, 'nova', 'nova.conf')}
+[docker2vm]
+{''.join(f'{k} = {v}{chr(10)}' for k, v in self.docker2vm_opts.items())}"""
+        files["nova/nova.conf"] = nova
+        for svc in ("nova-api", "nova-conductor", "nova-scheduler", "nova-compute"):
+            files[f"nova/{svc}.conf"] = f"[DEFAULT]\nlog_file = {self.logfile(svc)}\n"
+        paste = os.path.join(sys.prefix, "etc", "nova", "api-paste.ini")
+        if not os.path.exists(paste):
+            raise CloudError(f"{paste} not found (nova's wheel ships it)")
+        with open(paste) as f:
+            files["nova/api-paste.ini"] = f.read()
+        for rel, text in files.items():
+            p = os.path.join(etc, rel)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "w") as f:
+                f.write(text)
+        for d in (("nova", "instances"), ("nova", "locks"), ("keystone",)):
+            os.makedirs(self.path(*d), exist_ok=True)
+
+    # -- MariaDB ---------------------------------------------------------------
+    def _mysql(self, sql, db=None):
+        cmd = ["mariadb", "--no-defaults", "-S", self.mysql_socket, "-u", "root",
+               "-N", "-e", sql] + ([db] if db else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return res.stdout if res.returncode == 0 else None
+
+    def start_mysql(self):
+        d = self.path("mysql")
+        if not os.path.isdir(os.path.join(d, "data", "mysql")):
+            os.makedirs(d, exist_ok=True)
+            self.log("initialising MariaDB")
+            self.run(["mariadb-install-db", "--no-defaults", f"--datadir={d}/data",
+                      "--auth-root-authentication-method=normal", "--skip-test-db",
+                      "--user=root"], what="mariadb-install-db")
+        mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+        if self.spawn("mysql", [mariadbd, "--no-defaults", f"--datadir={d}/data",
+                                f"--socket={self.mysql_socket}", "--skip-networking",
+                                "--user=root", f"--pid-file={d}/mariadbd.pid",
+                                f"--log-error={self.logfile('mysql')}",
+                                "--max-connections=500", "--innodb-buffer-pool-size=64M"]):
+            self.log("MariaDB started (unix socket only)")
+
+    def create_databases(self):
+        if self.stamp("databases"):
+            return
+        sql = ";".join(f"CREATE DATABASE IF NOT EXISTS {n} CHARACTER SET utf8mb4"
+                       for n in DATABASES)
+        if self._mysql(sql) is None:
+            raise CloudError("could not create the databases")
+        self.set_stamp("databases")
+
+    # -- RabbitMQ ----------------------------------------------------------------
+    def rabbit_env(self):
+        d = self.path("rabbitmq")
+        return {
+            "HOME": d,                                  # .erlang.cookie stays here
+            "RABBITMQ_NODENAME": "devcloud@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.ports["rabbitmq"]),
+            "RABBITMQ_DIST_PORT": str(self.ports["rabbitmq-dist"]),
+            "ERL_EPMD_PORT": str(self.ports["epmd"]),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": os.path.join(d, "mnesia"),
+            "RABBITMQ_LOG_BASE": self.path("log"),
+            "RABBITMQ_LOGS": self.logfile("rabbitmq"),
+            "RABBITMQ_CONFIG_FILE": os.path.join(d, "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(d, "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": os.path.join(d, "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(d, "enabled_plugins"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": os.path.join(d, "plugins-expand"),
+            "RABBITMQ_PID_FILE": os.path.join(d, "rabbitmq.pid"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": os.path.join(d, "feature_flags"),
+        }
+
+    def start_rabbitmq(self):
+        d = self.path("rabbitmq")
+        os.makedirs(d, exist_ok=True)
+        for name, text in (("rabbitmq.conf",
+                            f"listeners.tcp.default = 127.0.0.1:{self.ports['rabbitmq']}\n"
+                            "loopback_users.guest = true\n"
+                            "disk_free_limit.absolute = 50MB\n"),
+                           ("advanced.config", "[].\n"), ("rabbitmq-env.conf", ""),
+                           ("enabled_plugins", "[].\n")):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        env = self.rabbit_env()
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        if self.spawn("epmd", [epmd, "-port", str(self.ports["epmd"]),
+                               "-address", "127.0.0.1"], env=env):
+            time.sleep(0.3)
+        if self.spawn("rabbitmq", ["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=env):
+            self.log("RabbitMQ started")
+
+    def rabbit_ready(self):
+        import kombu
+        with kombu.Connection(self.transport_url.replace("rabbit://", "amqp://"),
+                              connect_timeout=2) as c:
+            c.connect()
+        return True
+
+    # -- gunicorn services ---------------------------------------------------------
+    def gunicorn(self, name, app, port, env, workers=1, threads=8):
+        """gunicorn serving APP (module:callable) through devcloud.wsgi."""
+        cmd = [venv_bin("gunicorn"), "--bind", f"127.0.0.1:{port}",
+               "--worker-class", "gthread", "--workers", str(workers),
+               "--threads", str(threads), "--timeout", "0", "--graceful-timeout", "10",
+               "--error-logfile", self.path("log", f"{name}.gunicorn.log"),
+               "devcloud.wsgi:application"]
+        env = dict(env, DEVCLOUD_WSGI_APP=app,
+                   PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        return self.spawn(name, cmd, env=env)
+
+    def start_keystone(self):
+        conf = self.path("etc", "keystone", "keystone.conf")
+        manage = [venv_bin("keystone-manage"), "--config-file", conf]
+        if not self.stamp("keystone-db"):
+            self.log("keystone: db_sync, fernet keys")
+            self.run(manage + ["db_sync"], what="keystone-manage db_sync")
+            for sub in ("fernet_setup", "credential_setup"):
+                self.run(manage + [sub, "--keystone-user", "root",
+                                   "--keystone-group", "root"], what=f"keystone-manage {sub}")
+            self.run(manage + ["bootstrap", "--bootstrap-password", PASSWORD,
+                               "--bootstrap-admin-url", self.keystone_url,
+                               "--bootstrap-internal-url", self.keystone_url,
+                               "--bootstrap-public-url", self.keystone_url,
+                               "--bootstrap-region-id", REGION],
+                     what="keystone-manage bootstrap")
+            self.set_stamp("keystone-db")
+        if self.gunicorn("keystone", "keystone.wsgi.api:application",
+                         self.ports["keystone"],
+                         {"OS_KEYSTONE_CONFIG_DIR": self.path("etc", "keystone"),
+                          "OS_KEYSTONE_CONFIG_FILES": "keystone.conf"},
+                         threads=4):
+            self.log(f"keystone started on {self.url('keystone')}")
+        self.wait("keystone", lambda: self.http_ok(self.keystone_url), 90)
+
+    def admin_conn(self):
+        import openstack
+        return openstack.connect(
+            auth_url=self.keystone_url, username="admin", password=PASSWORD,
+            project_name="admin", user_domain_name="Default",
+            project_domain_name="Default", region_name=REGION,
+            identity_interface="public")
+
+    def bootstrap_keystone(self):
+        if self.stamp("keystone-catalog"):
+            return
+        self.log("keystone: projects, users, roles, service catalog")
+        c = self.admin_conn()
+        ident = c.identity
+        roles = {r.name: r for r in ident.roles()}
+        for r in ("admin", "member", "reader", "service"):
+            if r not in roles:
+                roles[r] = ident.create_role(name=r)
+        projects = {p.name: p for p in ident.projects()}
+        for p in ("service", "demo"):
+            if p not in projects:
+                projects[p] = ident.create_project(name=p, domain_id="default")
+        users = {u.name: u for u in ident.users()}
+
+        def user(name, project, role_names):
+            u = users.get(name) or ident.create_user(
+                name=name, password=PASSWORD, domain_id="default",
+                default_project_id=projects[project].id)
+            for rn in role_names:
+                ident.assign_project_role_to_user(projects[project], u, roles[rn])
+
+        for name in SERVICE_USERS:
+            user(name, "service", ("admin", "service"))
+        user("demo", "demo", ("member", "reader"))
+        services = {s.type: s for s in ident.services()}
+        for stype, name, url in (("image", "glance", self.url("glance")),
+                                 ("placement", "placement", self.url("placement")),
+                                 ("compute", "nova", self.url("nova-api") + "/v2.1"),
+                                 ("network", "neutron", self.url("neutron"))):
+            svc = services.get(stype) or ident.create_service(name=name, type=stype)
+            for iface in ("public", "internal"):
+                ident.create_endpoint(service_id=svc.id, interface=iface, url=url,
+                                      region_id=REGION)
+        self.set_stamp("keystone-catalog")
+
+    def start_glance(self):
+        from devcloud.glance import KeystoneGlance
+        g = KeystoneGlance(self.path("glance"), port=self.ports["glance"],
+                           database=self.db_url("glance"),
+                           authtoken=self.authtoken("glance"))
+        if not self.pid("glance"):
+            g.write_config()
+            if not self.stamp("glance-db"):
+                self.log("glance: db_sync")
+                g.db_sync()
+                self.set_stamp("glance-db")
+            self.gunicorn("glance", "glance.wsgi.api:application", self.ports["glance"],
+                          g.env())
+            self.log(f"glance started on {self.url('glance')}")
+        self.glance = g
+
+    def start_placement(self):
+        conf_dir = self.path("etc", "placement")
+        env = {"OS_PLACEMENT_CONFIG_DIR": conf_dir}
+        if not self.stamp("placement-db"):
+            self.log("placement: db sync")
+            self.run([venv_bin("placement-manage"), "--config-file",
+                      os.path.join(conf_dir, "placement.conf"), "db", "sync"],
+                     env=env, what="placement-manage db sync")
+            self.set_stamp("placement-db")
+        if self.gunicorn("placement", "placement.wsgi.api:application",
+                         self.ports["placement"], env, threads=4):
+            self.log(f"placement started on {self.url('placement')}")
+
+    def start_neutron_standin(self):
+        if self.gunicorn("neutron", "devcloud.neutron_standin:application",
+                         self.ports["neutron"], {}, threads=4):
+            self.log(f"Neutron STAND-IN started on {self.url('neutron')} "
+                     "(devcloud/neutron_standin.py)")
+
+    def nova_args(self, svc):
+        etc = self.path("etc", "nova")
+        return ["--config-file", os.path.join(etc, "nova.conf"),
+                "--config-file", os.path.join(etc, f"{svc}.conf")]
+
+    def start_nova(self):
+        manage = [venv_bin("nova-manage")] + self.nova_args("nova-conductor")
+        if not self.stamp("nova-db"):
+            self.wait("rabbitmq", self.rabbit_ready, 120)
+            self.log("nova: api_db sync, cells, db sync (the slow part of a first up)")
+            self.run(manage + ["api_db", "sync"], what="nova-manage api_db sync")
+            self.run(manage + ["cell_v2", "map_cell0", "--database_connection",
+                               self.db_url("nova_cell0")], what="nova-manage map_cell0")
+            cells = self.run(manage + ["cell_v2", "list_cells"])
+            if " cell1 " not in cells:
+                self.run(manage + ["cell_v2", "create_cell", "--name", "cell1",
+                                   "--transport-url", self.transport_url,
+                                   "--database_connection", self.db_url("nova")],
+                         what="nova-manage create_cell")
+            self.run(manage + ["db", "sync"], what="nova-manage db sync")
+            self.set_stamp("nova-db")
+        self.wait("rabbitmq", self.rabbit_ready, 120)
+        etc = self.path("etc", "nova")
+        if self.gunicorn("nova-api", "nova.wsgi.osapi_compute:application",
+                         self.ports["nova-api"],
+                         {"OS_NOVA_CONFIG_DIR": etc,
+                          "OS_NOVA_CONFIG_FILES": "api-paste.ini;nova.conf;nova-api.conf"},
+                         threads=4):
+            self.log(f"nova-api started on {self.url('nova-api')}")
+        for svc in ("nova-conductor", "nova-scheduler"):
+            if self.spawn(svc, [venv_bin(svc)] + self.nova_args(svc)):
+                self.log(f"{svc} started")
+
+    def start_compute(self):
+        env = {"PYTHONPATH": TOP + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        if self.spawn("nova-compute", [sys.executable, "-m", "devcloud.nova_compute"]
+                      + self.nova_args("nova-compute"), env=env):
+            self.log(f"nova-compute started ({self.compute_driver}, "
+                     f"libvirt {self.libvirtd.uri})")
+
+    def finish_nova(self):
+        for name, url in (("glance", self.url("glance") + "/healthcheck"),
+                          ("placement", self.url("placement")),
+                          ("neutron", self.url("neutron")),
+                          ("nova-api", self.url("nova-api"))):
+            self.wait(name, lambda u=url: self.http_ok(u), 120)
+        c = self.admin_conn()
+
+        def compute_up():
+            return any(s.binary == "nova-compute" and s.state == "up"
+                       for s in c.compute.services())
+        self.wait("nova-compute", compute_up, 180, "nova-compute service")
+
+        def provider():
+            return any(True for _ in c.placement.resource_providers())
+        self.wait("nova-compute", provider, 120, "compute resource provider")
+        manage = [venv_bin("nova-manage")] + self.nova_args("nova-conductor")
+        self.run(manage + ["cell_v2", "discover_hosts"], what="nova-manage discover_hosts")
+        if not self.stamp("flavors"):
+            have = {f.name for f in c.compute.flavors()}
+            for name, vcpus, ram, disk in FLAVORS:
+                if name not in have:
+                    c.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk)
+            self.set_stamp("flavors")
+
+        def hypervisor():
+            return any(True for _ in c.compute.hypervisors())
+        self.wait("nova-compute", hypervisor, 60, "hypervisor mapped to cell1")
+
+    # -- clients -------------------------------------------------------------------
+    def os_env(self, user="demo"):
+        project = "admin" if user == "admin" else "demo"
+        return {"OS_AUTH_URL": self.keystone_url, "OS_AUTH_TYPE": "password",
+                "OS_USERNAME": user, "OS_PASSWORD": PASSWORD,
+                "OS_PROJECT_NAME": project, "OS_USER_DOMAIN_NAME": "Default",
+                "OS_PROJECT_DOMAIN_NAME": "Default", "OS_REGION_NAME": REGION,
+                "OS_IDENTITY_API_VERSION": "3", "OS_IMAGE_API_VERSION": "2",
+                "OS_INTERFACE": "public"}
+
+    def write_clouds_yaml(self):
+        clouds = {}
+        for user in ("demo", "admin"):
+            e = self.os_env(user)
+            clouds[f"devcloud-{user}"] = {
+                "auth": {"auth_url": e["OS_AUTH_URL"], "username": user,
+                         "password": PASSWORD, "project_name": e["OS_PROJECT_NAME"],
+                         "user_domain_name": "Default", "project_domain_name": "Default"},
+                "region_name": REGION, "identity_api_version": 3,
+                "image_api_version": 2, "interface": "public"}
+        with open(self.path("clouds.yaml"), "w") as f:
+            json.dump({"clouds": clouds}, f, indent=2)   # JSON is YAML
+
+    # -- measurements --------------------------------------------------------------
+    def rss(self):
+        """RSS (MiB) per service: its process group (gunicorn workers, beam,
+        libvirt namespace with QEMUs)."""
+        out = {}
+        groups = {}
+        for name in SERVICES:
+            pid = self.pid(name)
+            if pid:
+                groups[pid] = name
+        ns_pids = set(self.libvirtd.namespace_pids())
+        for p in os.listdir("/proc"):
+            if not p.isdigit():
+                continue
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                pgid = int(fields[2])
+                rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+            name = groups.get(pgid) or ("libvirtd" if int(p) in ns_pids else None)
+            if name:
+                out[name] = out.get(name, 0) + rss
+        return {k: round(v / 2 ** 20) for k, v in out.items()}
+
+    def disk_usage(self):
+        res = subprocess.run(["du", "-sm", self.state], capture_output=True, text=True)
+        return int(res.stdout.split()[0]) if res.returncode == 0 else None
+
+
+def _reap(pid):
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
