@@ -174,6 +174,10 @@ function configure_docker2vm_glance {
             "$(_docker2vm_list_edit "$value" add "$DOCKER2VM_IMPORT_PLUGIN" first)"
     fi
     iniset "$GLANCE_IMAGE_IMPORT_CONF" docker_convert default_delivery "$DOCKER2VM_DEFAULT_DELIVERY"
+    # docker_delivery=bundle boots the same base VM: the one the install
+    # phase built for Nova on this host, else Glance builds it on first use.
+    sudo install -d -o "$STACK_USER" "$DOCKER2VM_BASE_DIR"
+    iniset "$GLANCE_IMAGE_IMPORT_CONF" docker_convert bundle_base_dir "$DOCKER2VM_BASE_DIR"
     if [[ -n "$DOCKER2VM_TEMP_DIR" ]]; then
         sudo install -d -o "$STACK_USER" "$DOCKER2VM_TEMP_DIR"
         iniset "$GLANCE_IMAGE_IMPORT_CONF" docker_convert temp_dir "$DOCKER2VM_TEMP_DIR"
@@ -301,7 +305,10 @@ function configure_docker2vm_nova {
                 iniset "$conf" docker2vm base_cmdline "$cmdline"
             fi
         fi
-        iniset "$conf" docker2vm default_delivery "$DOCKER2VM_DEFAULT_DELIVERY"
+        # bundle images boot as plain images: Nova's choices are disk|share.
+        if [[ "$DOCKER2VM_DEFAULT_DELIVERY" == "disk" || "$DOCKER2VM_DEFAULT_DELIVERY" == "share" ]]; then
+            iniset "$conf" docker2vm default_delivery "$DOCKER2VM_DEFAULT_DELIVERY"
+        fi
         iniset "$conf" docker2vm share_driver "$DOCKER2VM_SHARE_DRIVER"
     done
 }

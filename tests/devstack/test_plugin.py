@@ -225,6 +225,7 @@ out = {
     "methods": list(CONF.enabled_import_methods),
     "formats": list(CONF.image_format.container_formats),
     "default_delivery": CONF.docker_convert.default_delivery,
+    "bundle_base_dir": CONF.docker_convert.bundle_base_dir,
     "flavor": CONF.paste_deploy.flavor,
 }
 out["chains"] = {}
@@ -377,7 +378,8 @@ def test_glance_post_config_stock_files(sandbox):
     imp = _ini(sandbox.glance / "glance-image-import.conf")
     assert imp["image_import_opts"]["image_import_plugins"] == "[docker_convert]"
     assert imp["inject_metadata_properties"] == {"ignore_user_roles": "admin", "inject": ""}
-    assert imp["docker_convert"] == {"default_delivery": "disk"}
+    base = str(sandbox.data / "docker2vm" / "base")
+    assert imp["docker_convert"] == {"default_delivery": "disk", "bundle_base_dir": base}
 
     paste = _ini(sandbox.glance / "glance-api-paste.ini")
     assert paste["filter:docker-convert"] == {
@@ -401,6 +403,7 @@ def test_glance_post_config_stock_files(sandbox):
     assert probe["plugins"] == ["docker_convert"]
     assert "glance-direct" in probe["methods"] and "docker" in probe["formats"]
     assert probe["default_delivery"] == "disk" and probe["flavor"] == FLAVOR
+    assert probe["bundle_base_dir"] == base
     for flavor, before in ((FLAVOR, "CacheManageFilter"), ("keystone", "ContextMiddleware")):
         chain = probe["chains"][flavor]
         assert chain[-2:] == ["DockerConvertFilter", "URLMap"], chain
@@ -419,6 +422,7 @@ def test_glance_post_config_idempotent_and_keeps_other_plugins(sandbox):
     assert imp["image_import_opts"]["image_import_plugins"] == \
         "[docker_convert, image_conversion, inject_image_metadata]"
     assert imp["docker_convert"] == {"temp_dir": str(sandbox.data / "d2v-tmp"),
+                                     "bundle_base_dir": str(sandbox.data / "docker2vm" / "base"),
                                      "default_delivery": "share"}
     for name, filters in _pipelines(sandbox.glance / "glance-api-paste.ini").items():
         assert filters.count("docker-convert") == 1 and filters[-2:] == ["docker-convert", "rootapp"]
