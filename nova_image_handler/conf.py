@@ -7,6 +7,8 @@
 
 from oslo_config import cfg
 
+from docker_rootfs.guest.base_image import KERNEL_CMDLINE
+
 GROUP = "docker2vm"
 
 SUB_VIRT_CONTAINER = "container"
@@ -33,7 +35,7 @@ opts = [
         help="Direct kernel boot: the initramfs whose /init is d2vinit "
              "(`docker2vm base-image`)."),
     cfg.StrOpt(
-        "base_cmdline", default="console=ttyS0 quiet panic=-1 acpi=noirq",
+        "base_cmdline", default=KERNEL_CMDLINE,
         help="Direct kernel boot: the kernel command line (the contents of the "
              "base image's `cmdline` file). Add docker2vm.debug for timestamps."),
     cfg.StrOpt(
