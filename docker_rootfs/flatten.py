@@ -1,16 +1,19 @@
 """Apply image layers in order and write the merged tree as one PAX tar.
 
-The layers are read twice, never unpacked to disk:
+Each layer's stream is read once, never unpacked to disk:
 
 1. metadata pass: every layer's entries are applied to an in-memory tree
    (no file contents) with the OCI/Docker rules: ``.wh.NAME`` whiteouts,
    ``.wh..wh..opq`` opaque directories, type replacement, hard links
    (also to lower-layer files, surviving deletion of the original), and
    parent paths resolved through symlinks *inside* the image root, as
-   Docker does for merged-``/usr`` trees.
+   Docker does for merged-``/usr`` trees. Each regular file remembers
+   where its data sits in its layer's uncompressed tar.
 2. content pass: non-regular entries are written first (directories
-   parents-first), then each layer still holding final file contents is
-   read again and those files are copied, each followed by its hard links.
+   parents-first), then, layer by layer in stream order, the final files'
+   data is copied from the offsets noted in pass 1 (the layer reader keeps
+   the verified uncompressed bytes at hand: see ``LayerReader.content``),
+   each file followed by its hard links.
 
 Nothing here touches the host filesystem: paths are only names in the
 tree, so no tenant path, symlink or hard link can reach outside it.
@@ -296,6 +299,46 @@ def _hardlink(path, primary, node):
     return ti
 
 
+class SparseReader:
+    """The ``size`` bytes of a sparse (GNU/PAX sparse) member: its stored
+    data segments (``raw``, read in order) placed at the offsets of
+    ``sparse`` (``[(offset, length), ...]``), zeros in the holes."""
+
+    def __init__(self, raw, sparse, size):
+        end = 0
+        for offset, length in sparse:
+            if offset < end or length < 0 or offset + length > size:
+                raise errors.ArchiveError(f"sparse file map {sparse[:4]!r}... is not in order "
+                                          f"or not inside the file's {size} bytes")
+            end = offset + length
+        self._raw = raw
+        self._segments = list(sparse) + [(size, 0)]
+        self._pos = 0
+
+    def read(self, n=-1):
+        parts = []
+        while n:
+            if not self._segments:
+                break
+            offset, length = self._segments[0]
+            if self._pos < offset:
+                take = offset - self._pos if n < 0 else min(n, offset - self._pos)
+                parts.append(bytes(take))
+            else:
+                end = offset + length
+                take = end - self._pos if n < 0 else min(n, end - self._pos)
+                data = self._raw.read(take)
+                if len(data) != take:
+                    raise errors.ArchiveError("sparse file data cut short")
+                parts.append(data)
+                if self._pos + take == end:
+                    self._segments.pop(0)
+            self._pos += take
+            if n > 0:
+                n -= take
+        return b"".join(parts)
+
+
 class ByteBudget:
     """Uncompressed bytes read so far in one pass over all layers, and, for
     the whole-image compression ratio, the compressed bytes read of the
@@ -309,10 +352,12 @@ class ByteBudget:
 
 
 class Flattener:
-    """Merge ``layers`` (objects with ``describe()`` and ``members()``, a
-    context manager taking a :class:`ByteBudget` and yielding
-    ``(ordinal, TarInfo, TarFile)`` in order) into
-    a PAX tar written to ``out``."""
+    """Merge ``layers`` into a PAX tar written to ``out``. A layer has
+    ``describe()``, ``members(budget)`` (a context manager taking a
+    :class:`ByteBudget` and yielding an iterator of ``(ordinal, TarInfo,
+    TarFile)`` in stream order) and, once its members were read,
+    ``content()`` (a context manager yielding ``read_at(offset, size)``,
+    a reader of the file data at ``TarInfo.offset_data``)."""
 
     def __init__(self, layers, limits, progress=None):
         self.layers = layers
@@ -328,7 +373,7 @@ class Flattener:
             self.progress(i / n / 2, f"reading layer {i + 1}/{n}")
             added = set()
             with layer.members(budget) as members:
-                for ordinal, m, _ in members:
+                for _, m, _ in members:
                     count += 1
                     if count > self.limits.max_entries:
                         raise errors.LimitExceeded("max_entries", count, self.limits.max_entries,
@@ -338,7 +383,7 @@ class Flattener:
                         raise errors.LimitExceeded("max_file_size", m.size,
                                                    self.limits.max_file_size,
                                                    f"{what} entry {m.name!r}")
-                    self.tree.apply_member(m, (i, ordinal), what, added)
+                    self.tree.apply_member(m, (i, m.offset_data, m.sparse), what, added)
         self.tree.entries = count
         return self.tree
 
@@ -346,7 +391,7 @@ class Flattener:
         tree = self.build_tree()
         primary = {}          # id(inode) -> first path written (or planned) for it
         later = {}            # id(inode) -> [extra paths] for regular files
-        by_layer = {}         # layer index -> {ordinal: (path, inode)}
+        by_layer = {}         # layer index -> {data offset: (path, inode)}
         tf = tarfile.open(fileobj=CountingWriter(out), mode="w:", format=tarfile.PAX_FORMAT,
                           copybufsize=COPY_CHUNK, encoding="utf-8", errors="surrogateescape")
         # Pass A: everything without content, parents before children.
@@ -361,27 +406,22 @@ class Flattener:
             primary[key] = path
             if node.kind == REG and node.size:
                 later[key] = []
-                layer, ordinal = node.src
-                by_layer.setdefault(layer, {})[ordinal] = (path, node)
+                layer, offset, sparse = node.src
+                by_layer.setdefault(layer, {})[offset] = (path, node, sparse)
             else:
                 tf.addfile(_tarinfo(path, node))
         # Pass B: file contents, layer by layer, each file followed by its links.
         n = len(self.layers)
-        budget = ByteBudget()
         for i in sorted(by_layer):
             wanted = by_layer[i]
             layer = self.layers[i]
             self.progress(0.5 + i / n / 2, f"copying files of layer {i + 1}/{n}")
-            with layer.members(budget) as members:
-                for ordinal, m, src_tf in members:
-                    item = wanted.get(ordinal)
-                    if item is None:
-                        continue
-                    path, node = item
-                    if not m.isreg() or m.size != node.size:
-                        raise errors.ArchiveError(
-                            f"layer {i + 1} ({layer.describe()}) changed between reads")
-                    tf.addfile(_tarinfo(path, node), src_tf.extractfile(m))
+            with layer.content() as read_at:
+                for offset in sorted(wanted):
+                    path, node, sparse = wanted[offset]
+                    data = (SparseReader(read_at(offset, sum(n for _, n in sparse)), sparse, node.size)
+                            if sparse else read_at(offset, node.size))
+                    tf.addfile(_tarinfo(path, node), data)
                     for link in later[id(node)]:
                         tf.addfile(_hardlink(link, path, node))
         tf.close()

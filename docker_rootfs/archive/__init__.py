@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import logging
 import tarfile
+import tempfile
 
 from docker_rootfs import errors
 from docker_rootfs.archive import layertar, layouts, streams
@@ -40,7 +41,8 @@ class Layer:
 
 
 class LayerReader:
-    """Streams one layer's tar members, verifying digests at the end."""
+    """One layer of an image: :meth:`members` streams its tar members once
+    (verifying digests), :meth:`content` then reads file data by offset."""
 
     def __init__(self, image, layer):
         self.image = image
@@ -51,6 +53,13 @@ class LayerReader:
 
     @contextlib.contextmanager
     def members(self, budget):
+        """Yield an iterator of ``(offset_data, TarInfo, TarFile)``; the
+        blob digest, size and diff_id are verified when it is exhausted.
+
+        Reading, hashing and decompressing run in a thread (another core)
+        while the caller parses. A compressed layer's uncompressed stream is
+        also spooled to an anonymous temporary file, so :meth:`content`
+        needs no second decompression."""
         img, layer = self.image, self.layer
         what = f"layer {layer.index + 1} ({layer.describe()})"
         blob = streams.DigestReader(img.outer.open(layer.path), what, layer.digest, layer.size)
@@ -72,18 +81,51 @@ class LayerReader:
         same = comp == "none" and layer.digest == layer.diff_id
         diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)",
                                     None if same else layer.diff_id)
+        source = diff
+        if comp != "none":
+            source = streams.TeeReader(diff, img.new_spool(layer.index))
+        ok = False
+        fetch = streams.Prefetcher(source, name=f"docker2vm-layer-{layer.index + 1}")
         try:
-            yield self._iterate(diff, what, empty=not head)
-            diff.drain()
+            try:
+                yield self._iterate(fetch, what, empty=not head)
+                while fetch.read(streams.CHUNK):
+                    pass
+            finally:
+                fetch.close()
+                budget.used = data.count
             blob.drain()
+            if comp != "none":
+                plain.close()
+            blob.verify()
+            diff.verify()
+            ok = True
         except (tarfile.TarError, EOFError) as exc:
             raise errors.ArchiveError(f"{what}: truncated or corrupt tar: {exc}") from None
         finally:
-            budget.used = data.count
-            if comp != "none":
-                plain.close()
-        blob.verify()
-        diff.verify()
+            if not ok:
+                img.drop_spool(layer.index)
+
+    @contextlib.contextmanager
+    def content(self):
+        """After :meth:`members` went through the whole layer: yield
+        ``read_at(offset, size)`` giving a reader of ``size`` bytes at
+        ``offset`` of the layer's uncompressed tar, from the spool or, for
+        an uncompressed blob, from the archive file itself (both hold the
+        bytes verified by :meth:`members`). The spool is dropped after."""
+        img, layer = self.image, self.layer
+        if layer.compression == "none":
+            window = img.outer.open(layer.path)
+            fd, base = window.fd, window.start
+        else:
+            spool = img.spools.get(layer.index)
+            if spool is None:
+                raise errors.Docker2VMError(f"layer {layer.index + 1}: content read before its members")
+            fd, base = spool.fileno(), 0
+        try:
+            yield lambda offset, size: streams.FileWindow(fd, base + offset, size)
+        finally:
+            img.drop_spool(layer.index)
 
     @staticmethod
     def _iterate(stream, what, empty):
@@ -93,9 +135,12 @@ class LayerReader:
 
 
 class Image:
-    def __init__(self, outer, candidate, layout, limits):
+    def __init__(self, outer, candidate, layout, limits, tmpdir=None, tmp_prefix=None):
         self.outer = outer
         self.limits = limits
+        self.tmpdir = tmpdir
+        self.tmp_prefix = tmp_prefix or "docker2vm-"
+        self.spools = {}   # layer index -> anonymous temp file (uncompressed layer tar)
         self.layout = layout
         self.candidate = candidate
         # Read once: verified against the layout's digest when it names one,
@@ -138,6 +183,23 @@ class Image:
     def readers(self):
         return [LayerReader(self, layer) for layer in self.layers]
 
+    def new_spool(self, index):
+        """A new anonymous temporary file (unlinked: nothing is left behind
+        even if the process is killed) for layer ``index``; returns its fd."""
+        self.drop_spool(index)
+        spool = tempfile.TemporaryFile(dir=self.tmpdir, prefix=self.tmp_prefix)
+        self.spools[index] = spool
+        return spool.fileno()
+
+    def drop_spool(self, index):
+        spool = self.spools.pop(index, None)
+        if spool is not None:
+            spool.close()
+
+    def close(self):
+        for index in list(self.spools):
+            self.drop_spool(index)
+
     def flatten(self, out, progress=None):
         """Write the merged root filesystem to ``out`` (binary file object)
         as one PAX tar; returns the in-memory tree (for statistics)."""
@@ -161,6 +223,10 @@ def open_image(path, limits=None, image=None, platform=None, tmpdir=None, tmp_pr
         candidates, layout = layouts.find_candidates(outer)
         chosen = layouts.select(candidates, image=image, platform=platform)
         LOG.info("selected image %s from %s (%s layout)", chosen.describe(), path, layout)
-        yield Image(outer, chosen, layout, limits)
+        img = Image(outer, chosen, layout, limits, tmpdir=tmpdir, tmp_prefix=tmp_prefix)
+        try:
+            yield img
+        finally:
+            img.close()
     finally:
         outer.close()

@@ -6,10 +6,12 @@ thing; :func:`open_blob_tar_stream` chains them for a layer.
 """
 
 import bz2
-import gzip
 import hashlib
 import lzma
 import os
+import queue
+import threading
+import zlib
 
 from docker_rootfs import errors
 from docker_rootfs.limits import RATIO_GRACE_BYTES
@@ -27,8 +29,8 @@ class FileWindow:
     shared file position), so several windows can be open at once."""
 
     def __init__(self, fd, offset, size):
-        self._fd = fd
-        self._start = offset
+        self.fd = fd
+        self.start = offset
         self._pos = 0
         self.size = size
 
@@ -38,7 +40,7 @@ class FileWindow:
             n = left
         if n <= 0:
             return b""
-        data = os.pread(self._fd, n, self._start + self._pos)
+        data = os.pread(self.fd, n, self.start + self._pos)
         if not data:
             raise errors.ArchiveError("image archive is truncated")
         self._pos += len(data)
@@ -221,6 +223,162 @@ class ZstdReader:
         return self._reader.read(n)
 
 
+class GzipReader:
+    """gzip (one or more members, as ``gzip.GzipFile`` reads them) through
+    zlib alone: the CRC-32 and length trailers are checked inside zlib, not
+    by a second pass in Python. Output per call is bounded by ``n`` (never
+    more than CHUNK), so a bomb cannot blow up one read."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._pending = b""     # compressed input not yet given to zlib
+        self._eof = False
+
+    def read(self, n=-1):
+        if n is None or n < 0 or n > CHUNK:
+            n = CHUNK
+        while not self._eof:
+            if self._d.unconsumed_tail:
+                data = self._d.unconsumed_tail
+            else:
+                data = self._pending or self._raw.read(CHUNK)
+                self._pending = b""
+                if not data:
+                    if self._d.eof:
+                        self._eof = True
+                        break
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+            try:
+                out = self._d.decompress(data, n)
+            except zlib.error as exc:
+                raise OSError(str(exc)) from None
+            if self._d.eof:
+                self._next_member()
+            if out:
+                return out
+        return b""
+
+    def _next_member(self):
+        rest = self._d.unused_data
+        # Zero padding after a member is allowed (as gzip.GzipFile does).
+        while True:
+            rest = rest.lstrip(b"\0")
+            if rest:
+                break
+            rest = self._raw.read(CHUNK)
+            if not rest:
+                self._eof = True
+                return
+        if not rest.startswith(GZIP_MAGIC[:1]) or (len(rest) > 1 and not rest.startswith(GZIP_MAGIC)):
+            raise OSError("not a gzipped file (trailing data after a gzip member)")
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._pending = rest
+
+
+class TeeReader:
+    """Copies what passes through to ``fd`` (a spool file)."""
+
+    def __init__(self, raw, fd):
+        self._raw = raw
+        self._fd = fd
+
+    def read(self, n=-1):
+        data = self._raw.read(n)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        return data
+
+
+class Prefetcher:
+    """Runs ``source.read(CHUNK)`` in a thread, a few chunks ahead of the
+    reader, so the work below it (reading, hashing, decompressing and
+    spooling, all of which release the GIL) runs on another core than the
+    tar parsing above it. An exception in the thread is raised to the
+    reader. :meth:`close` stops and joins the thread; use it as a context
+    manager."""
+
+    DEPTH = 4
+
+    def __init__(self, source, name="docker2vm-reader"):
+        self._source = source
+        self._queue = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._chunk = b""
+        self._off = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                data = self._source.read(CHUNK)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item):
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _next(self):
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+        self._chunk, self._off = item, 0
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            parts = []
+            while True:
+                data = self.read(CHUNK)
+                if not data:
+                    return b"".join(parts)
+                parts.append(data)
+        parts = []
+        while n > 0:
+            left = len(self._chunk) - self._off
+            if not left:
+                if self._done:
+                    break
+                self._next()
+                continue
+            take = min(n, left)
+            if take == len(self._chunk) and self._off == 0:
+                parts.append(self._chunk)
+            else:
+                parts.append(self._chunk[self._off:self._off + take])
+            self._off += take
+            n -= take
+        return parts[0] if len(parts) == 1 else b"".join(parts)   # b"" for none
+
+    def close(self):
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 COMPRESSIONS = ("none", "gzip", "zstd", "xz", "bzip2")
 
 
@@ -240,7 +398,7 @@ def decompressor(compression, raw):
     if compression == "none":
         return raw
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return GzipReader(raw)
     if compression == "zstd":
         return ZstdReader(raw)
     if compression == "xz":

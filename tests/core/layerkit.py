@@ -56,6 +56,10 @@ class MemoryLayer:
                 yield i, m, tf
         yield gen()
 
+    @contextlib.contextmanager
+    def content(self):
+        yield lambda offset, size: io.BytesIO(self.data[offset:offset + size])
+
 
 def flatten_layers(layers, limits=None):
     """Flatten lists of entries; returns {path: (kind, mode, uid, gid, content|linkname)}."""

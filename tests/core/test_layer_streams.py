@@ -130,3 +130,103 @@ def test_cut_layer_in_an_image_names_the_layer(tmp_path):
     b.image([SMALL, PADDED[:DATA_END - 2]])
     with pytest.raises(errors.ArchiveError, match=r"layer 2 .*truncated or corrupt tar"):
         flat(b.write(tmp_path / "img.tar"))
+
+
+# --------------------------------------------------------------------------
+# One read per layer (issue 14): gzip through zlib, the reader thread, spools
+# --------------------------------------------------------------------------
+
+def _gunzip(data, n=65536):
+    from docker_rootfs.archive import streams
+    r = streams.GzipReader(io.BytesIO(data))
+    out = []
+    while True:
+        chunk = r.read(n)
+        if not chunk:
+            return b"".join(out)
+        assert len(chunk) <= n
+        out.append(chunk)
+
+
+def test_gzip_reader_reads_what_gzip_writes():
+    import gzip
+    payload = os.urandom(300_000) + bytes(3_000_000)
+    one = gzip.compress(payload, mtime=0)
+    assert _gunzip(one) == payload
+    # Several members (pigz -i, concatenated files) and zero padding after them.
+    assert _gunzip(one + gzip.compress(b"tail", mtime=0) + bytes(1000)) == payload + b"tail"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d[:-9], "ended before the end-of-stream marker"),
+    (lambda d: d[:-8] + bytes([d[-8] ^ 1]) + d[-7:], "incorrect data check"),
+    (lambda d: d + b"garbage", "trailing data"),
+], ids=["truncated", "crc", "trailing-garbage"])
+def test_gzip_reader_refuses_damage(damage, message):
+    import gzip
+    data = damage(gzip.compress(b"x" * 100_000, mtime=0))
+    with pytest.raises((OSError, EOFError), match=message):
+        _gunzip(data)
+
+
+def test_prefetcher_passes_errors_and_stops_its_thread():
+    import threading
+    from docker_rootfs.archive import streams
+
+    class Failing:
+        calls = 0
+
+        def read(self, n):
+            self.calls += 1
+            if self.calls > 3:
+                raise errors.ArchiveError("boom")
+            return b"x" * n
+
+    with streams.Prefetcher(Failing(), name="t-prefetch") as p:
+        assert p.read(10) == b"x" * 10
+        with pytest.raises(errors.ArchiveError, match="boom"):
+            while p.read(streams.CHUNK):
+                pass
+    assert not [t for t in threading.enumerate() if t.name == "t-prefetch"]
+
+    class Endless:
+        def read(self, n):
+            return b"y" * n
+
+    p = streams.Prefetcher(Endless(), name="t-endless")
+    assert p.read(3) == b"yyy"
+    p.close()   # the reader stops early: the thread must not hang on a full queue
+    assert not [t for t in threading.enumerate() if t.name == "t-endless"]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_hostile_layer_stops_the_reader_thread_and_drops_spools(tmp_path, compression):
+    import threading
+    from docker_rootfs.archive import open_image
+    bad = layer_tar([e("a", data=b"1" * 3000), e("../../escape", data=b"2")])
+    b = OCIBuilder()
+    b.image([SMALL, bad], compression=compression)
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    with open_image(b.write(tmp_path / "img.tar"), tmpdir=str(spools)) as img:
+        with pytest.raises(errors.UnsafeEntry):
+            img.flatten(io.BytesIO())
+        assert img.spools == {} if compression == "none" else set(img.spools) <= {0}
+    assert img.spools == {}
+    assert not [t for t in threading.enumerate() if t.name.startswith("docker2vm-layer")]
+    assert os.listdir(spools) == []
+
+
+def test_spools_are_anonymous_and_dropped_after_the_content_pass(tmp_path):
+    from docker_rootfs.archive import open_image
+    b = OCIBuilder()
+    b.image([PADDED, SMALL], compression="gzip")
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    with open_image(b.write(tmp_path / "img.tar"), tmpdir=str(spools)) as img:
+        first, second = io.BytesIO(), io.BytesIO()
+        img.flatten(first)
+        assert img.spools == {} and os.listdir(spools) == []
+        img.flatten(second)           # a second flatten reads the layers again
+    assert first.getvalue() == second.getvalue()
+    assert set(read_tar(first.getvalue())) == {".", "etc", "etc/a", "etc/b", "app.txt"}
