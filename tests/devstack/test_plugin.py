@@ -425,7 +425,8 @@ def test_glance_post_config_idempotent_and_keeps_other_plugins(sandbox):
                                      "bundle_base_dir": str(sandbox.data / "docker2vm" / "base"),
                                      "default_delivery": "share"}
     for name, filters in _pipelines(sandbox.glance / "glance-api-paste.ini").items():
-        assert filters.count("docker-convert") == 1 and filters[-2:] == ["docker-convert", "rootapp"]
+        assert filters.count("docker-convert") == 1, name
+        assert filters[-2:] == ["docker-convert", "rootapp"], name
     probe = _glance_probe(sandbox)
     if probe:
         assert probe["plugins"] == ["docker_convert", "image_conversion", "inject_image_metadata"]
@@ -484,10 +485,9 @@ def test_glance_unstack_undoes_post_config(sandbox):
     for path, text in before.items():
         assert _ini(path) == _ini_text(text), path
     # The pipelines are byte-identical lines again.
-    pipe_lines = [line for line in after[sandbox.glance / "glance-api-paste.ini"].splitlines()
-                  if "rootapp" in line]
-    assert pipe_lines == [line for line in before[sandbox.glance / "glance-api-paste.ini"].splitlines()
-                          if "rootapp" in line]
+    paste = sandbox.glance / "glance-api-paste.ini"
+    assert [line for line in after[paste].splitlines() if "rootapp" in line] == \
+        [line for line in before[paste].splitlines() if "rootapp" in line]
     assert not (sandbox.glance / "metadefs" / "docker2vm-container.json").exists()
     probe = _glance_probe(sandbox)
     if probe:

@@ -18,8 +18,8 @@ def test_reno_lint():
         import reno  # noqa: F401
     except ImportError:
         raise AssertionError("reno is missing: it is in test-requirements.txt") from None
-    r = subprocess.run([sys.executable, "-c", "import sys; from reno.main import main; sys.exit(main())",
-                        "lint"], cwd=TOP,
+    reno = "import sys; from reno.main import main; sys.exit(main())"
+    r = subprocess.run([sys.executable, "-c", reno, "lint"], cwd=TOP,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
