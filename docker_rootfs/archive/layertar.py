@@ -78,6 +78,24 @@ class _EndAwareReader(ForwardReader):
             got += len(more)
         return b"".join(parts)
 
+    def seek(self, offset, whence=0):
+        # Skipping member data: let a Prefetcher drop it without copying.
+        skip = getattr(self._raw, "skip", None)
+        if skip is None:
+            return super().seek(offset, whence)
+        if whence == 1:
+            offset += self._pos
+        elif whence != 0:
+            raise OSError("cannot seek from the end of a layer stream")
+        if offset < self._pos:
+            raise OSError(f"cannot seek back in a layer stream ({offset} < {self._pos})")
+        want = offset - self._pos
+        got = skip(want)
+        self._pos += got
+        if got < want:
+            self.end = self._pos
+        return self._pos
+
 
 def iterate_members(stream):
     """Yield ``(ordinal, TarInfo, TarFile)`` for each member of ``stream``

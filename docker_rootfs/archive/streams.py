@@ -363,6 +363,21 @@ class Prefetcher:
             n -= take
         return parts[0] if len(parts) == 1 else b"".join(parts)   # b"" for none
 
+    def skip(self, n):
+        """Discard up to ``n`` bytes without copying them; returns how many."""
+        skipped = 0
+        while skipped < n:
+            left = len(self._chunk) - self._off
+            if not left:
+                if self._done:
+                    break
+                self._next()
+                continue
+            take = min(n - skipped, left)
+            self._off += take
+            skipped += take
+        return skipped
+
     def close(self):
         self._stop.set()
         while self._thread.is_alive():
