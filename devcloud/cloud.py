@@ -44,6 +44,8 @@ FLAVORS = (("d2v.tiny", 1, 256, 1), ("d2v.small", 1, 512, 2))   # name, vcpus, M
 PORTS = {"keystone": 0, "glance": 92, "placement": 78, "nova-api": 74,
          "neutron": 96, "rabbitmq": 72, "rabbitmq-dist": 73, "epmd": 69}
 # Start order; down goes in reverse.
+STOCK_DRIVER = "libvirt.LibvirtDriver"
+DOCKER2VM_DRIVER = "docker2vm.Docker2VMDriver"
 SERVICES = ("mysql", "epmd", "rabbitmq", "libvirtd", "keystone", "glance",
             "placement", "neutron", "nova-api", "nova-conductor",
             "nova-scheduler", "nova-compute")
@@ -52,6 +54,14 @@ SERVICES = ("mysql", "epmd", "rabbitmq", "libvirtd", "keystone", "glance",
 def venv_bin(name):
     cand = os.path.join(os.path.dirname(sys.executable), name)
     return cand if os.path.exists(cand) else (shutil.which(name) or name)
+
+
+def default_compute_driver():
+    """This project's driver when the checkout has it (its shim package),
+    else the stock libvirt driver."""
+    if os.path.exists(os.path.join(TOP, "nova", "virt", "docker2vm", "__init__.py")):
+        return DOCKER2VM_DRIVER
+    return STOCK_DRIVER
 
 
 class CloudError(RuntimeError):
@@ -66,7 +76,7 @@ class Cloud:
         base = int(port_base or os.environ.get("DEVCLOUD_PORT_BASE", "28700"))
         self.ports = {k: base + v for k, v in PORTS.items()}
         self.compute_driver = compute_driver or os.environ.get(
-            "DEVCLOUD_COMPUTE_DRIVER", "libvirt.LibvirtDriver")
+            "DEVCLOUD_COMPUTE_DRIVER") or default_compute_driver()
         self.docker2vm_opts = dict(docker2vm_opts or {})
         self.log = log or (lambda msg: print(f"devcloud: {msg}", file=sys.stderr, flush=True))
         self.libvirtd = Libvirtd(self.path("libvirt"))
@@ -233,6 +243,7 @@ class Cloud:
         self.check_prerequisites()
         for d in ("log", "pids", "stamps", "etc"):
             os.makedirs(self.path(d), exist_ok=True)
+        self.prepare_base_vm()
         self.write_configs()
         self.start_mysql()
         self.start_rabbitmq()
@@ -522,7 +533,8 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                "--worker-class", "gthread", "--workers", str(workers),
                "--threads", str(threads), "--timeout", "0", "--graceful-timeout", "10",
                "--error-logfile", self.path("log", f"{name}.gunicorn.log"),
-               "devcloud.wsgi:application"]
+               # gunicorn 27 would otherwise create ~/.gunicorn/gunicorn.ctl
+               "--no-control-socket", "devcloud.wsgi:application"]
         env = dict(env, DEVCLOUD_WSGI_APP=app,
                    PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
         return self.spawn(name, cmd, env=env)
@@ -664,7 +676,42 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
             if self.spawn(svc, [venv_bin(svc)] + self.nova_args(svc)):
                 self.log(f"{svc} started")
 
+    def prepare_base_vm(self):
+        """For the docker2vm driver: the base VM (`docker2vm base-image`,
+        built once into STATE/base) unless [docker2vm] options name one."""
+        if not self.compute_driver.startswith("docker2vm."):
+            return
+        if "base_kernel" in self.docker2vm_opts or "base_vm_image" in self.docker2vm_opts:
+            return
+        base = self.path("base")
+        files = {k: os.path.join(base, f) for k, f in (("base_kernel", "vmlinux"),
+                                                       ("base_initrd", "initrd.img"))}
+        if not all(os.path.exists(f) for f in files.values()):
+            self.log("building the docker2vm base VM (docker2vm base-image)")
+            os.makedirs(self.path("log"), exist_ok=True)
+            self.run([venv_bin("docker2vm"), "base-image", "-o", base,
+                      "--cache-dir", self.path("cache")], what="docker2vm base-image")
+        self.docker2vm_opts.update(files)
+        with open(os.path.join(base, "cmdline")) as f:
+            self.docker2vm_opts["base_cmdline"] = f.read().strip()
+
+    def compute_signature(self):
+        return json.dumps({"driver": self.compute_driver, "docker2vm": self.docker2vm_opts},
+                          sort_keys=True)
+
     def start_compute(self):
+        sig_file = self.path("compute-driver.json")
+        try:
+            with open(sig_file) as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = None
+        if self.pid("nova-compute") and old != self.compute_signature():
+            self.log("compute driver or [docker2vm] options changed: restarting nova-compute")
+            self.destroy_domains()
+            self.kill("nova-compute")
+        with open(sig_file, "w") as f:
+            f.write(self.compute_signature())
         env = {"PYTHONPATH": TOP + os.pathsep + os.environ.get("PYTHONPATH", "")}
         if self.spawn("nova-compute", [sys.executable, "-m", "devcloud.nova_compute"]
                       + self.nova_args("nova-compute"), env=env):
