@@ -284,12 +284,15 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
 
     def power_on(self, context, instance, network_info, block_device_info=None,
                  accel_info=None, share_info=None):
+        result = super().power_on(context, instance, network_info,
+                                  block_device_info=block_device_info, accel_info=accel_info,
+                                  share_info=share_info)
+        # After the (hard-reboot based) power-on: its destroy step saw the
+        # domain shut off and may have recorded the previous run's status.
         if self._spec_for(instance) is not None and EXIT_STATUS_KEY in (instance.metadata or {}):
             instance.metadata = {k: v for k, v in instance.metadata.items()
                                  if k != EXIT_STATUS_KEY}
-        return super().power_on(context, instance, network_info,
-                                block_device_info=block_device_info, accel_info=accel_info,
-                                share_info=share_info)
+        return result
 
     # -- cleanup, cache, migration -------------------------------------------
     def cleanup(self, context, instance, network_info, block_device_info=None,
