@@ -1,22 +1,34 @@
 #!/usr/bin/env python3
-"""Flatten throughput: docker2vm flatten vs umoci unpack vs podman export.
+"""Flatten and convert throughput against the floor of reading the bytes once.
 
-Builds (once, cached in .cache/bench/) a ~550 MB two-layer image with real
-tools (buildah from scratch + copy, then buildah push to docker-archive and
-oci-archive with gzip layers), then times, in one run, on the same image:
+Builds (once, cached in .cache/bench/) a two-layer image with real tools
+(buildah from scratch + copy, then buildah push to docker-archive and
+oci-archive with gzip layers, and skopeo to zstd layers): ~550 MB with a mix
+of small and multi-MB files (``--profile mixed``, the default) or ~1 GB in
+~100k small files (``--profile many``). Then times, in one run, on the same
+archives:
 
-* docker2vm flatten   docker-archive -> rootfs tar
-* docker2vm flatten   oci-archive (gzip layers) -> rootfs tar
+* floor               per archive, in this process, single-threaded: each
+                      layer blob read once, sha256 of the stored bytes,
+                      one-pass decompression (zlib / zstandard), sha256 of the
+                      result, the uncompressed bytes written once to a file.
+                      Any verifying reader must do at least this work.
+* docker2vm flatten   archive -> rootfs tar, for each archive
+* docker2vm convert   archive -> ext4 qcow2 (unprivileged), for each archive
+* the same two commands of an older revision (``--baseline-rev REV``, run
+  from a temporary git worktree): "before" in the same run
 * umoci unpack        OCI layout dir (gzip layers) -> rootfs dir (the layout
                       is unpacked from the same oci-archive beforehand; that
                       step is not counted for umoci)
 * podman export       of a created container (podman load is timed
                       separately: it is what podman needs before exporting)
 
-Prints wall time, MB/s (image uncompressed bytes / wall), peak RSS. With
---plot FILE draws a bar chart (needs matplotlib).
+Prints wall time, MB/s (image uncompressed bytes / wall), peak RSS and the
+ratio to the floor of the same archive. With --plot FILE draws a bar chart
+(needs matplotlib).
 
-    .venv/bin/python bench/flatten_bench.py [--size-mb 550] [--repeat 1] [--plot out.png]
+    .venv/bin/python bench/flatten_bench.py [--size-mb 550] [--profile mixed|many]
+        [--repeat 3] [--baseline-rev f5f3c63] [--skip-tools] [--plot out.png]
 """
 
 import argparse
@@ -36,8 +48,9 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def make_tree(root, size_mb, seed):
-    """Many small files plus some large ones, compressible like real images."""
+def make_tree(root, size_mb, seed, profile="mixed"):
+    """Many small files plus some large ones, compressible like real images;
+    profile "many": small files only (~10 KB on average)."""
     rnd = random.Random(seed)
     words = [bytes(rnd.getrandbits(8) for _ in range(64)) for _ in range(256)]
     total = 0
@@ -46,11 +59,16 @@ def make_tree(root, size_mb, seed):
     while total < target:
         d = os.path.join(root, f"d{i % 97:02d}", f"s{i % 13}")
         os.makedirs(d, exist_ok=True)
-        size = rnd.choice([512, 2048, 8192, 30000]) if i % 50 else rnd.choice([2, 8]) * 1024 * 1024
-        chunk = b"".join(rnd.choice(words) for _ in range(256))  # 16 KiB, ~3x compressible
+        size = rnd.choice([512, 2048, 8192, 30000])
+        if profile == "mixed" and i % 50 == 0:
+            size = rnd.choice([2, 8]) * 1024 * 1024
         with open(os.path.join(d, f"f{i}"), "wb") as f:
             left = size
             while left > 0:
+                # A fresh 16 KiB of random words each time: ~3-6x compressible
+                # by gzip and zstd alike (a repeated chunk made zstd's
+                # long-range matching see a 280x "bomb").
+                chunk = b"".join(rnd.choices(words, k=256))
                 f.write(chunk[:left])
                 left -= len(chunk)
         total += size
@@ -58,13 +76,21 @@ def make_tree(root, size_mb, seed):
     return i, total
 
 
-def build_image(size_mb):
-    tag = f"bench-{size_mb}"
+def bench_tag(size_mb, profile):
+    return f"bench2-{size_mb}-{profile}"   # bench2: the data generator of 2026-12
+
+
+def build_image(size_mb, profile="mixed"):
+    tag = bench_tag(size_mb, profile)
     out = os.path.join(CACHE, tag)
     docker_archive = os.path.join(out, "image-docker.tar")
     oci_archive = os.path.join(out, "image-oci-gzip.tar")
+    zstd_archive = os.path.join(out, "image-oci-zstd.tar")
     if os.path.exists(oci_archive):
-        return docker_archive, oci_archive
+        if not os.path.exists(zstd_archive):
+            sh(["skopeo", "copy", "-q", "--dest-compress-format", "zstd", "--dest-compress",
+                "oci-archive:" + oci_archive, "oci-archive:" + zstd_archive + f":{tag}"])
+        return docker_archive, oci_archive, zstd_archive
     os.makedirs(out, exist_ok=True)
     store = os.path.join(out, "storage")
     b = ["buildah", "--root", store + "/root", "--runroot", store + "/run"]
@@ -72,7 +98,7 @@ def build_image(size_mb):
     layers = []
     for n, share in enumerate((0.6, 0.4)):
         tree = os.path.join(out, f"tree{n}")
-        files, total = make_tree(tree, int(size_mb * share), seed=n)
+        files, total = make_tree(tree, int(size_mb * share), seed=n, profile=profile)
         layers.append(tree)
         print(f"bench: layer {n + 1}: {files} files, {total / 1e6:.0f} MB", file=sys.stderr)
     ctr = sh(b + ["from", "scratch"], capture_output=True, text=True).stdout.strip()
@@ -87,8 +113,46 @@ def build_image(size_mb):
     for tree in layers:
         shutil.rmtree(tree)
     shutil.rmtree(store, ignore_errors=True)
+    sh(["skopeo", "copy", "-q", "--dest-compress-format", "zstd", "--dest-compress",
+        "oci-archive:" + oci_archive, "oci-archive:" + zstd_archive + f":{tag}"])
     print(f"bench: built test image in {time.time() - t0:.0f}s", file=sys.stderr)
-    return docker_archive, oci_archive
+    return docker_archive, oci_archive, zstd_archive
+
+
+def floor(archive, out_path):
+    """The floor of any verifying reader, single-threaded (see the module doc)."""
+    import hashlib
+    import tarfile
+    import zlib
+
+    import zstandard
+    t0 = time.perf_counter()
+    with tarfile.open(archive) as tf, open(out_path, "wb") as out:
+        for m in tf:
+            if not m.isreg() or not (m.name.startswith("blobs/") or m.name.endswith(".tar")):
+                continue
+            f = tf.extractfile(m)
+            head = f.read(4)
+            if head.startswith(b"\x1f\x8b"):
+                d = zlib.decompressobj(31)
+                decompress = d.decompress
+            elif head.startswith(b"\x28\xb5\x2f\xfd"):
+                decompress = zstandard.ZstdDecompressor().decompressobj().decompress
+            elif m.size > 65536:
+                decompress = bytes
+            else:
+                continue        # config / manifest JSON
+            stored, plain = hashlib.sha256(), hashlib.sha256()
+            buf = head
+            while buf:
+                stored.update(buf)
+                data = decompress(buf)
+                plain.update(data)
+                out.write(data)
+                buf = f.read(1 << 20)
+    wall = time.perf_counter() - t0
+    os.unlink(out_path)
+    return wall
 
 
 def timed(cmd, env=None):
@@ -111,41 +175,70 @@ def uncompressed_bytes(docker_archive):
         return sum(m.size for m in tf if m.name.endswith(".tar") or "/layer" in m.name)
 
 
+def worktree(rev):
+    """A temporary checkout of ``rev``; returns (dir, python env running it)."""
+    path = os.path.join(CACHE, f"rev-{rev}")
+    if not os.path.isdir(path):
+        sh(["git", "-C", TOP, "worktree", "add", "--detach", "-f", path, rev],
+           capture_output=True)
+    env = dict(os.environ, PYTHONPATH=path)
+    return path, env
+
+
 def run(args):
-    docker_archive, oci_archive = build_image(args.size_mb)
+    docker_archive, oci_archive, zstd_archive = build_image(args.size_mb, args.profile)
+    tag = bench_tag(args.size_mb, args.profile)
     work = os.path.join(CACHE, "work")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     size = uncompressed_bytes(docker_archive)
-    d2v = os.path.join(VENV_BIN, "docker2vm")
+    python = os.path.join(VENV_BIN, "python")
     rows = []
+    floors = {}
 
-    def add(name, cmd, prepare=None, cleanup=None):
+    def add(name, cmd, prepare=None, cleanup=None, env=None, archive=None):
         best = None
         for _ in range(args.repeat):
             if prepare:
                 prepare()
-            r = timed(cmd)
+            r = timed(cmd, env=env)
             best = r if best is None or r[0] < best[0] else best
             if cleanup:
                 cleanup()
-        rows.append((name, best[0], size / best[0] / 1e6, best[1]))
+        rows.append((name, best[0], size / best[0] / 1e6, best[1], archive))
         print(f"bench: {name}: {best[0]:.2f}s", file=sys.stderr)
 
     out_tar = os.path.join(work, "rootfs.tar")
-    add("docker2vm flatten (docker-archive)",
-        [d2v, "flatten", "--no-progress", docker_archive, "-o", out_tar])
-    add("docker2vm flatten (oci-archive, gzip)",
-        [d2v, "flatten", "--no-progress", oci_archive, "-o", out_tar])
-    os.unlink(out_tar)
+    out_disk = os.path.join(work, "rootfs.qcow2")
+    archives = [("docker-archive", docker_archive), ("oci gzip", oci_archive),
+                ("oci zstd", zstd_archive)]
+    versions = [("now", None)]
+    if args.baseline_rev:
+        versions.append((args.baseline_rev, worktree(args.baseline_rev)[1]))
+    for label, path in archives:
+        floors[label] = min(floor(path, out_tar) for _ in range(args.repeat))
+        rows.append((f"floor ({label})", floors[label], size / floors[label] / 1e6, 0, label))
+        print(f"bench: floor {label}: {floors[label]:.2f}s", file=sys.stderr)
+        for version, env in versions:
+            tag = "" if env is None else f" [{version}]"
+            add(f"docker2vm flatten ({label}){tag}",
+                [python, "-m", "docker_rootfs.cli", "flatten", "--no-progress", path,
+                 "-o", out_tar], env=env, archive=label, cleanup=lambda: os.unlink(out_tar))
+            add(f"docker2vm convert ({label}){tag}",
+                [python, "-m", "docker_rootfs.cli", "convert", "--no-progress", path,
+                 "-o", out_disk], env=env, archive=label, cleanup=lambda: os.unlink(out_disk))
+    if args.skip_tools:
+        report(args, rows, floors, size)
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     layout = os.path.join(work, "oci")
     os.makedirs(layout)
     sh(["tar", "-xf", oci_archive, "-C", layout])
     bundle = os.path.join(work, "bundle")
     add("umoci unpack (oci layout, gzip)",
-        ["umoci", "unpack", "--image", f"{layout}:bench-{args.size_mb}", bundle],
-        cleanup=lambda: shutil.rmtree(bundle))
+        ["umoci", "unpack", "--image", f"{layout}:{tag}", bundle],
+        cleanup=lambda: shutil.rmtree(bundle), archive="oci gzip")
     shutil.rmtree(layout)
 
     store = os.path.join(work, "podman")
@@ -156,37 +249,47 @@ def run(args):
         sh(p + ["load", "-q", "-i", docker_archive], capture_output=True)
     add("podman load (docker-archive)", p + ["load", "-q", "-i", docker_archive],
         prepare=lambda: shutil.rmtree(store, ignore_errors=True))
-    cid = sh(p + ["create", f"localhost/bench-{args.size_mb}:latest", "/bin/sh"],
+    cid = sh(p + ["create", f"localhost/{tag}:latest", "/bin/sh"],
              capture_output=True, text=True).stdout.strip()
     add("podman export (created container)", p + ["export", "-o", out_tar, cid],
-        cleanup=lambda: os.unlink(out_tar))
+        cleanup=lambda: os.unlink(out_tar), archive="docker-archive")
     sh(p + ["rm", cid], capture_output=True)
     shutil.rmtree(store, ignore_errors=True)
 
-    print(f"\nImage: {size / 1e6:.0f} MB uncompressed in 2 layers; best of {args.repeat}; "
-          f"{os.cpu_count()} cores\n")
-    print(f"| {'tool':<40} | {'wall s':>7} | {'MB/s':>7} | {'peak RSS MiB':>12} |")
-    print(f"|{'-' * 42}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
-    for name, wall, mbs, rss in rows:
-        print(f"| {name:<40} | {wall:7.2f} | {mbs:7.1f} | {rss:12.0f} |")
+    report(args, rows, floors, size)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, rows, floors, size):
+    print(f"\nImage: {size / 1e6:.0f} MB uncompressed in 2 layers ({args.profile}); "
+          f"best of {args.repeat}; {os.cpu_count()} cores\n")
+    print(f"| {'tool':<46} | {'wall s':>7} | {'MB/s':>7} | {'peak RSS MiB':>12} | {'x floor':>7} |")
+    print(f"|{'-' * 48}|{'-' * 9}|{'-' * 9}|{'-' * 14}|{'-' * 9}|")
+    for name, wall, mbs, rss, archive in rows:
+        ratio = f"{wall / floors[archive]:.2f}" if archive in floors else ""
+        print(f"| {name:<46} | {wall:7.2f} | {mbs:7.1f} | {rss:12.0f} | {ratio:>7} |")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 3.5))
+        fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5))
         ax.barh([r[0] for r in rows], [r[2] for r in rows])
+        ax.invert_yaxis()
         ax.set_xlabel("MB/s (higher is better)")
         ax.set_title(f"Flatten throughput, {size / 1e6:.0f} MB image")
         fig.tight_layout()
         fig.savefig(args.plot)
         print(f"\nplot written to {args.plot}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=int, default=550)
+    ap.add_argument("--profile", choices=("mixed", "many"), default="mixed",
+                    help="mixed: small and multi-MB files; many: ~10 KB files only")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--baseline-rev", help="also time this git revision's flatten and convert")
+    ap.add_argument("--skip-tools", action="store_true", help="skip umoci and podman")
     ap.add_argument("--plot", help="write a PNG bar chart here")
     run(ap.parse_args())
 
