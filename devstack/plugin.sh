@@ -339,11 +339,15 @@ function cleanup_docker2vm {
             sudo find "$dir" -maxdepth 1 -name '*.docker2vm-*' -exec rm -rf {} +
         fi
     done
+    # pip_uninstall (inc/python) knows PIP_VIRTUAL_ENV and the system
+    # Python, not devstack's global venv: name the venv.
     if [[ "${USE_VENV:-False}" == "True" ]]; then
         local project
         for project in glance nova; do
             PIP_VIRTUAL_ENV=${PROJECT_VENV[$project]:-} pip_uninstall docker2vm
         done
+    elif [[ "${GLOBAL_VENV:-False}" == "True" ]]; then
+        PIP_VIRTUAL_ENV=$DEVSTACK_VENV pip_uninstall docker2vm
     else
         pip_uninstall docker2vm
     fi

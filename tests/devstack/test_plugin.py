@@ -604,6 +604,12 @@ def test_clean_removes_what_the_plugin_made(sandbox):
         assert _ini(path) == _ini_text(text), path
 
 
+def test_clean_uninstalls_from_the_global_venv(sandbox):
+    """devstack's default GLOBAL_VENV=True: pip_uninstall must be told the venv."""
+    sandbox.plugin("clean", GLOBAL_VENV="True", DEVSTACK_VENV="/opt/stack/data/venv")
+    assert _calls(sandbox) == ["pip_uninstall PIP_VIRTUAL_ENV=/opt/stack/data/venv docker2vm"]
+
+
 # --- the stand-ins against devstack's own functions ---------------------------------
 
 def test_standins_write_what_devstack_writes(tmp_path):
