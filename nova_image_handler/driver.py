@@ -182,8 +182,16 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
             context, instance, disk_mapping, injection_info=injection_info, suffix=suffix,
             disk_images=disk_images, block_device_info=block_device_info,
             fallback_from_host=fallback_from_host, ignore_bdi_for_swap=ignore_bdi_for_swap)
-        spec = self._specs.get(instance.uuid) if self._enabled() else None
-        if spec is None or suffix:
+        if suffix or not self._enabled():
+            return result
+        spec = self._specs.get(instance.uuid)
+        if spec is None and not self._is_booted_from_volume(block_device_info):
+            # Not from spawn: finish_migration (resize, cold migration) or
+            # unshelve, whose new instance directory has no docker2vm.json.
+            spec = self.container_spec_from_image(context, instance)
+            if spec is not None:
+                self._specs[instance.uuid] = spec
+        if spec is None:
             return result
         try:
             self.prepare_container(context, instance, spec)

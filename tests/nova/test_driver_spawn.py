@@ -417,3 +417,38 @@ def test_guest_files_validate_like_the_contract():
     # the rootfs spec the guest reads for each handler
     assert contract.RootfsDelivery.disk("docker2vm-root").spec() == "disk:docker2vm-root"
     assert hashlib.sha1(b"x").hexdigest() == unpack.tree_name("x")
+
+
+class TestMigration(SpawnTestCase):
+
+    def test_finish_migration_path_reads_the_image_again(self):
+        # resize / cold migration / unshelve: _create_image in a fresh instance
+        # directory, no spec cached, no docker2vm.json copied
+        self.images[novakit.IMAGE_ID] = novakit.container_properties()
+        meta = self.image_meta()
+        info = self.disk_info(self.inst, meta)
+        with mock.patch.object(libvirt_driver.LibvirtDriver, "_create_image",
+                               return_value=(True, True)):
+            self.drv._create_image(self.context, self.inst, info["mapping"])
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir(), spec_mod.STATE_FILE)))
+        self.assertIn("<serial>docker2vm-root</serial>", self.guest_xml(self.drv, self.inst))
+
+    def test_plain_instance_gets_no_state(self):
+        inst = novakit.make_instance(image_ref=novakit.PLAIN_IMAGE_ID,
+                                     uuid="55555555-5555-4555-8555-555555555555")
+        meta = self.image_meta(inst.image_ref)
+        with mock.patch.object(libvirt_driver.LibvirtDriver, "_create_image",
+                               return_value=(True, True)):
+            self.drv._create_image(self.context, inst, self.disk_info(inst, meta)["mapping"])
+        self.assertFalse(os.path.exists(os.path.join(self.inst_dir(inst), spec_mod.STATE_FILE)))
+
+    def test_live_migration_of_share_refused(self):
+        from nova import exception
+        self.images[novakit.IMAGE_ID] = novakit.container_properties("share")
+        os.makedirs(self.inst_dir())
+        spec_mod.save(self.inst_dir(), self.drv.container_spec_from_image(self.context,
+                                                                          self.inst))
+        exc = self.assertRaises(exception.MigrationPreCheckError,
+                                self.drv.check_can_live_migrate_source,
+                                self.context, self.inst, None)
+        self.assertIn("docker_delivery=share", exc.format_message())
