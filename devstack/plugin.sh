@@ -90,6 +90,14 @@ function _docker2vm_iniset_list {
     iniset "$@"
 }
 
+# _docker2vm_iniget_list FILE SECTION OPTION: iniget without pathname
+# expansion (iniget echoes the value unquoted too).
+function _docker2vm_iniget_list {
+    local -
+    set -f
+    iniget "$@"
+}
+
 # _docker2vm_remove_section FILE SECTION: the section and its options.
 function _docker2vm_remove_section {
     local file=$1 section=$2
@@ -168,7 +176,7 @@ function configure_docker2vm_glance {
 
     # glance-image-import.conf: the plugin first (it produces the image the
     # others work on), then its options.
-    value=$(iniget "$GLANCE_IMAGE_IMPORT_CONF" image_import_opts image_import_plugins)
+    value=$(_docker2vm_iniget_list "$GLANCE_IMAGE_IMPORT_CONF" image_import_opts image_import_plugins)
     if ! _docker2vm_list_has "$value" "$DOCKER2VM_IMPORT_PLUGIN"; then
         _docker2vm_iniset_list "$GLANCE_IMAGE_IMPORT_CONF" image_import_opts image_import_plugins \
             "$(_docker2vm_list_edit "$value" add "$DOCKER2VM_IMPORT_PLUGIN" first)"
@@ -197,7 +205,7 @@ function configure_docker2vm_glance {
 
     # docker-convert rides on glance-direct (and web-download): keep it in
     # an explicit enabled_import_methods (the default list has it).
-    value=$(iniget "$GLANCE_API_CONF" DEFAULT enabled_import_methods)
+    value=$(_docker2vm_iniget_list "$GLANCE_API_CONF" DEFAULT enabled_import_methods)
     if [[ -n "$value" ]] && ! _docker2vm_list_has "$value" glance-direct; then
         _docker2vm_iniset_list "$GLANCE_API_CONF" DEFAULT enabled_import_methods \
             "$(_docker2vm_list_edit "$value" add glance-direct)"
@@ -235,7 +243,7 @@ function unconfigure_docker2vm_glance {
     local value pipeline section f
 
     if [[ -f "$GLANCE_IMAGE_IMPORT_CONF" ]]; then
-        value=$(iniget "$GLANCE_IMAGE_IMPORT_CONF" image_import_opts image_import_plugins)
+        value=$(_docker2vm_iniget_list "$GLANCE_IMAGE_IMPORT_CONF" image_import_opts image_import_plugins)
         if _docker2vm_list_has "$value" "$DOCKER2VM_IMPORT_PLUGIN"; then
             _docker2vm_iniset_list "$GLANCE_IMAGE_IMPORT_CONF" image_import_opts image_import_plugins \
                 "$(_docker2vm_list_edit "$value" remove "$DOCKER2VM_IMPORT_PLUGIN")"
@@ -258,7 +266,7 @@ function unconfigure_docker2vm_glance {
 
     if [[ -f "$GLANCE_API_CONF" ]]; then
         if _docker2vm_marked glance-direct-added; then
-            value=$(iniget "$GLANCE_API_CONF" DEFAULT enabled_import_methods)
+            value=$(_docker2vm_iniget_list "$GLANCE_API_CONF" DEFAULT enabled_import_methods)
             _docker2vm_iniset_list "$GLANCE_API_CONF" DEFAULT enabled_import_methods \
                 "$(_docker2vm_list_edit "$value" remove glance-direct)"
         fi
