@@ -20,6 +20,7 @@ from tests.nova.novakit import parse
 pytestmark = [pytest.mark.nova, pytest.mark.slow]
 
 DOCKER_IMAGE = "d0c2e2a1-5b6c-4d7e-8f90-a1b2c3d4e5f6"
+SHARE_IMAGE = "5a4e3c2b-1d0f-4e9a-8b7c-6d5e4f3a2b1c"
 
 
 class Docker2VMServersTest(base.ServersTestBase):
@@ -56,6 +57,9 @@ class Docker2VMServersTest(base.ServersTestBase):
         self.glance.create(None, {"id": DOCKER_IMAGE, "name": "app", "disk_format": "qcow2",
                                   "container_format": "bare", "status": "active",
                                   "properties": props})
+        self.glance.create(None, {"id": SHARE_IMAGE, "name": "app-share", "disk_format": "raw",
+                                  "container_format": "docker", "status": "active",
+                                  "properties": novakit.container_properties("share")})
         self.defined = []
         real = fakelibvirt.Connection.defineXML
 
@@ -128,3 +132,36 @@ class Docker2VMServersTest(base.ServersTestBase):
         self.assertIn("/nonexistent/vmlinux", fault)
         self.assertEqual(self.defined, [])
         self.assertFalse(os.path.exists(self.inst_dir(server)))
+
+    def test_share_lifecycle(self):
+        from nova.conf import CONF
+        from nova.virt.libvirt import imagecache
+        from nova_image_handler import unpack
+        from tests.nova.test_driver_spawn import hostile_entries, oci_archive
+        virtiofsd = os.path.join(self.useFixture(fixtures.TempDir()).path, "virtiofsd")
+        with open(virtiofsd, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(virtiofsd, 0o755)
+        self.flags(virtiofsd_path=virtiofsd, group="docker2vm")
+        # what Nova's (here faked) image backend would have downloaded into _base
+        base_dir = os.path.join(CONF.instances_path, "_base")
+        os.makedirs(base_dir, exist_ok=True)
+        oci_archive(os.path.join(base_dir, imagecache.get_cache_fname(SHARE_IMAGE)),
+                    hostile_entries())
+        server = self._create_server(image_uuid=SHARE_IMAGE)
+        dom = self.last_dom()
+        tree = unpack.tree_path(os.path.join(CONF.instances_path, unpack.DEFAULT_DIR_NAME),
+                                SHARE_IMAGE)
+        self.assertEqual(dom.find("devices/filesystem/source").get("dir"), tree)
+        self.assertEqual(dom.find("memoryBacking/source").get("type"), "memfd")
+        self.assertTrue(os.path.isfile(os.path.join(tree, "bin/sh")))
+        self._reboot_server(server, hard=True)
+        self.assertEqual(self.last_dom().find("devices/filesystem/source").get("dir"), tree)
+        self._delete_server(server)
+        self.assertFalse(os.path.exists(self.inst_dir(server)))
+        self.assertTrue(os.path.isdir(tree))           # the host's cache, shared
+        self.flags(share_unused_minimum_age_seconds=0, group="docker2vm")
+        compute = self.computes["compute1"]
+        from nova import context as nova_context
+        compute.driver.manage_image_cache(nova_context.get_admin_context(), [])
+        self.assertFalse(os.path.exists(tree))
