@@ -37,6 +37,7 @@ from oslo_log import log as logging
 from docker_rootfs.guest import contract
 from nova import exception
 from nova.compute import power_state
+from nova.objects import fields
 from nova.conf import CONF
 from nova.virt import configdrive as nova_configdrive
 from nova.virt.libvirt import driver as libvirt_driver
@@ -128,11 +129,32 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
             return None
         spec = spec_mod.from_image_properties(instance.image_ref, props,
                                               CONF.docker2vm.default_delivery)
+        self._check_architecture(spec)
         handler = self.handler(spec.delivery)
         self.base_vm().check()
         handler.check_host()
         self._guest_files(spec, handler, instance)       # validates metadata overrides
         return spec
+
+    def _check_architecture(self, spec):
+        """The base VM's kernel is built for this host's architecture: an image
+        for another one cannot run its entrypoint there."""
+        wanted = spec.properties.get("architecture")
+        if not wanted:
+            return
+        host = fields.Architecture.canonicalize(os.uname().machine)
+        try:
+            image_arch = fields.Architecture.canonicalize(wanted)
+        except exception.InvalidArchitectureName:
+            raise errors.ImageError(
+                image_id=spec.image_id,
+                reason=f"image property architecture={wanted!r} is not an architecture "
+                       "Nova knows") from None
+        if image_arch != host:
+            raise errors.ImageError(
+                image_id=spec.image_id,
+                reason=f"the container is built for {image_arch} (image property "
+                       f"architecture) and this host's docker2vm base VM runs {host}")
 
     def _guest_files(self, spec, handler, instance):
         try:

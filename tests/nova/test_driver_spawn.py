@@ -142,6 +142,12 @@ class TestErrors(SpawnTestCase):
         self.images[novakit.IMAGE_ID] = novakit.container_properties(cmd=[])
         self.assert_spawn_fails(errors.ImageError, "no command")
 
+    def test_foreign_architecture(self):
+        props = novakit.container_properties()
+        props["architecture"] = "aarch64"
+        self.images[novakit.IMAGE_ID] = props
+        self.assert_spawn_fails(errors.ImageError, "aarch64", "x86_64", "architecture")
+
     def test_errors_abort_the_build_without_reschedule(self):
         # the compute manager's _build_and_run_instance turns these two
         # (and subclasses) into BuildAbortException with the same message
