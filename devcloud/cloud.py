@@ -78,8 +78,12 @@ class Cloud:
         self.compute_driver = compute_driver or os.environ.get(
             "DEVCLOUD_COMPUTE_DRIVER") or default_compute_driver()
         self.docker2vm_opts = dict(docker2vm_opts or {})
-        self.log = log or (lambda msg: print(f"devcloud: {msg}", file=sys.stderr, flush=True))
+        self._log = log or (lambda msg: print(f"devcloud: {msg}", file=sys.stderr, flush=True))
+        self.t0 = time.monotonic()
         self.libvirtd = Libvirtd(self.path("libvirt"))
+
+    def log(self, msg):
+        self._log(f"[{time.monotonic() - self.t0:5.1f}s] {msg}")
 
     # -- paths, urls ---------------------------------------------------------
     def path(self, *parts):
@@ -239,7 +243,7 @@ class Cloud:
 
     # -- up / down -----------------------------------------------------------
     def up(self):
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         self.check_prerequisites()
         for d in ("log", "pids", "stamps", "etc"):
             os.makedirs(self.path(d), exist_ok=True)
@@ -266,9 +270,12 @@ class Cloud:
 
     def down(self):
         for name in reversed(SERVICES):
+            t0 = time.monotonic()
             if name == "nova-compute":
                 self.destroy_domains()
             self.kill(name)
+            if time.monotonic() - t0 > 3:
+                self.log(f"{name} took {time.monotonic() - t0:.1f}s to stop")
         # epmd started by rabbit itself (should not happen: ours runs first)
         left = self.leftover_processes()
         if left:
@@ -389,6 +396,7 @@ instances_path = {self.path('nova', 'instances')}
 compute_driver = {self.compute_driver}
 my_ip = 127.0.0.1
 host = devcloud
+graceful_shutdown_timeout = 5
 [api]
 auth_strategy = keystone
 [api_database]
@@ -664,7 +672,6 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                          what="nova-manage create_cell")
             self.run(manage + ["db", "sync"], what="nova-manage db sync")
             self.set_stamp("nova-db")
-        self.wait("rabbitmq", self.rabbit_ready, 120)
         etc = self.path("etc", "nova")
         if self.gunicorn("nova-api", "nova.wsgi.osapi_compute:application",
                          self.ports["nova-api"],
@@ -672,6 +679,8 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                           "OS_NOVA_CONFIG_FILES": "api-paste.ini;nova.conf;nova-api.conf"},
                          threads=4):
             self.log(f"nova-api started on {self.url('nova-api')}")
+        self.wait("rabbitmq", self.rabbit_ready, 120)
+        self.log("RabbitMQ ready")
         for svc in ("nova-conductor", "nova-scheduler"):
             if self.spawn(svc, [venv_bin(svc)] + self.nova_args(svc)):
                 self.log(f"{svc} started")
@@ -686,14 +695,21 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
         base = self.path("base")
         files = {k: os.path.join(base, f) for k, f in (("base_kernel", "vmlinux"),
                                                        ("base_initrd", "initrd.img"))}
-        if not all(os.path.exists(f) for f in files.values()):
+        # boot.qcow2 (the same base VM on a BIOS boot disk) doubles as the
+        # cloud's plain, non-docker image for stock-path servers.
+        if not all(os.path.exists(f) for f in list(files.values()) + [self.plain_image]):
             self.log("building the docker2vm base VM (docker2vm base-image)")
             os.makedirs(self.path("log"), exist_ok=True)
-            self.run([venv_bin("docker2vm"), "base-image", "-o", base,
-                      "--cache-dir", self.path("cache")], what="docker2vm base-image")
+            cache = os.environ.get("DEVCLOUD_CACHE") or self.path("cache")
+            self.run([venv_bin("docker2vm"), "base-image", "-o", base, "--boot-disk",
+                      "--cache-dir", cache], what="docker2vm base-image")
         self.docker2vm_opts.update(files)
         with open(os.path.join(base, "cmdline")) as f:
             self.docker2vm_opts["base_cmdline"] = f.read().strip()
+
+    @property
+    def plain_image(self):
+        return self.path("base", "boot.qcow2")
 
     def compute_signature(self):
         return json.dumps({"driver": self.compute_driver, "docker2vm": self.docker2vm_opts},
@@ -730,6 +746,7 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
             return any(s.binary == "nova-compute" and s.state == "up"
                        for s in c.compute.services())
         self.wait("nova-compute", compute_up, 180, "nova-compute service")
+        self.log("nova-compute service up")
 
         def provider():
             return any(True for _ in c.placement.resource_providers())
