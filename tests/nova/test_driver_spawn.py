@@ -319,6 +319,28 @@ class TestShare(SpawnTestCase):
         leftovers = [n for n in os.listdir(self.share_dir) if not n.startswith("docker2vm")]
         self.assertEqual(leftovers, [])
 
+    def test_read_only_mount_failure_names_the_option(self):
+        oci_archive(self.archive, hostile_entries())
+        from nova_image_handler import privileged
+        with mock.patch.object(privileged, "readonly_bind_mount",
+                               side_effect=OSError("mount: permission denied")):
+            exc = self.assertRaises(errors.HostError, unpack.ensure_tree, self.share_dir,
+                                    novakit.IMAGE_ID, self.archive)
+        self.assertIn("share_readonly_mount", exc.format_message())
+        self.assertIn("permission denied", exc.format_message())
+
+    def test_read_only_mount_checked_at_every_xml_build(self):
+        self.flags(share_readonly_mount=True, group="docker2vm")
+        tree = unpack.tree_path(self.share_dir, novakit.IMAGE_ID)
+        os.makedirs(tree)
+        os.makedirs(self.inst_dir())
+        spec_mod.save(self.inst_dir(), self.spec)
+        with mock.patch.object(unpack, "ensure_read_only") as ro:
+            self.guest_xml(self.drv, self.inst)
+            self.guest_xml(self.make_driver(), self.inst)     # e.g. after a host reboot
+        self.assertEqual(ro.call_count, 2)
+        ro.assert_called_with(tree)
+
     def test_unused_trees_removed_on_the_cache_schedule(self):
         oci_archive(self.archive, hostile_entries())
         used = unpack.ensure_tree(self.share_dir, novakit.IMAGE_ID, self.archive,
