@@ -56,10 +56,18 @@ class ShareHandler(base.ImageHandler):
         return RootfsDelivery.share_9p(self.opts.share_tag)
 
     def prepare(self, context, instance, spec, root_base_path):
+        from docker_rootfs import errors as core_errors
         from docker_rootfs import opts as core_opts
-        unpack.ensure_tree(self.share_dir, spec.image_id, root_base_path,
-                           core_opts.limits_from_conf(self.conf),
-                           read_only_mount=self.opts.share_readonly_mount)
+        try:
+            unpack.ensure_tree(self.share_dir, spec.image_id, root_base_path,
+                               core_opts.limits_from_conf(self.conf),
+                               read_only_mount=self.opts.share_readonly_mount)
+        except core_errors.Docker2VMError as exc:
+            # unsafe entry, limit exceeded, not an archive: the image's fault
+            raise errors.ImageError(
+                image_id=spec.image_id,
+                reason=f"docker_delivery=share: the image's archive cannot be unpacked: "
+                       f"{exc}") from None
 
     def guest_paths(self, instance, spec):
         path = unpack.tree_path(self.share_dir, spec.image_id)

@@ -165,3 +165,21 @@ class Docker2VMServersTest(base.ServersTestBase):
         from nova import context as nova_context
         compute.driver.manage_image_cache(nova_context.get_admin_context(), [])
         self.assertFalse(os.path.exists(tree))
+
+    def test_share_with_a_bad_archive_fails_cleanly(self):
+        from nova.conf import CONF
+        from nova.virt.libvirt import imagecache
+        from nova_image_handler import unpack
+        self.flags(share_driver="9p", group="docker2vm")
+        base_dir = os.path.join(CONF.instances_path, "_base")
+        os.makedirs(base_dir, exist_ok=True)
+        with open(os.path.join(base_dir, imagecache.get_cache_fname(SHARE_IMAGE)), "wb") as f:
+            f.write(b"not a docker archive\n" * 64)
+        server = self._create_server(image_uuid=SHARE_IMAGE, expected_state="ERROR")
+        fault = self.api.get_server(server["id"])["fault"]["message"]
+        self.assertIn("cannot be unpacked", fault)
+        self.assertEqual(self.defined, [])
+        self.assertFalse(os.path.exists(self.inst_dir(server)))
+        share_dir = os.path.join(CONF.instances_path, unpack.DEFAULT_DIR_NAME)
+        self.assertEqual([n for n in os.listdir(share_dir)
+                          if not n.startswith("docker2vm-share")], [])
