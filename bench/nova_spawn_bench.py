@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Benchmark: spawn-side host work per instance, COW overlay vs per-instance copy.
+
+    sudo .venv/bin/python bench/nova_spawn_bench.py [--counts 1,10,50] [--size-mb 1024] [--plot spawn.png]
+
+What the compute host does for each new instance of one docker image
+(``docker_delivery=disk``, a ~1 GB rootfs), guest boot excluded, measured on
+the real driver (``Docker2VMDriver``) in one run, two ways:
+
+* ``docker2vm`` (``[libvirt] images_type = qcow2``): Nova's image backend
+  downloads the image once into ``_base`` (converted to raw, under Nova's
+  lock), then each instance gets a qcow2 copy-on-write overlay ``disk``;
+* ``per-instance copy`` (the original proposal: "for each new virtual
+  machine boot ... copy the docker filesystem" into the instance
+  directory; here through Nova's own ``images_type = flat``, whose
+  ``disk`` is a full ``cp`` of ``_base``): the same download once, then
+  one full copy per instance.
+
+Per instance the driver's own steps are timed: ``_create_image`` (the
+first instance includes the download into ``_base``), ``_get_guest_xml``
+(host capabilities from a private real libvirtd, tests/nova/libvirtd.py)
+and ``_create_configdrive``. Stand-ins as in tests/nova/libvirtkit.py:
+the image API serves a local file (the "download" is a local copy, so the
+network is not measured), no database, no Neutron. Instances are created
+one after the other from a cold ``_base``; cumulative totals are read at
+each count. To keep the host's disk bounded the copy mode deletes each
+instance's directory after measuring it (its disk use is reported from
+the first one). Needs root (libvirtd).
+"""
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, TOP)
+CACHE = os.path.join(TOP, ".cache", "bench-nova-spawn")
+MiB = 1024 * 1024
+
+
+def make_rootfs(size_mb):
+    """A ~size_mb rootfs qcow2 (ext4 by the project's disk builder) and its
+    Glance properties, cached."""
+    from docker_rootfs.config import ContainerConfig
+    from docker_rootfs.disk.build import build_disk
+    from docker_rootfs.disk.options import DiskOptions
+    from docker_rootfs.properties import image_properties
+    os.makedirs(CACHE, exist_ok=True)
+    out = os.path.join(CACHE, f"rootfs-{size_mb}m.qcow2")
+    if not os.path.exists(out):
+        rng = random.Random(11)
+        tar = out + ".tar"
+        with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+            for d in ("bin", "usr", "usr/lib"):
+                ti = tarfile.TarInfo(d)
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(ti)
+            ti = tarfile.TarInfo("bin/true")
+            ti.size, ti.mode = 0, 0o755
+            tf.addfile(ti, io.BytesIO(b""))
+            chunk = 16 * MiB
+            for i in range(max(1, size_mb * MiB // chunk)):
+                data = rng.randbytes(chunk)      # incompressible: a real copy each time
+                ti = tarfile.TarInfo(f"usr/lib/blob-{i:04d}")
+                ti.size, ti.mode = len(data), 0o644
+                tf.addfile(ti, io.BytesIO(data))
+        build_disk(tar, out + ".tmp.qcow2", DiskOptions(disk_format="qcow2"))
+        os.replace(out + ".tmp.qcow2", out)
+        os.unlink(tar)
+    config = ContainerConfig(cmd=["/bin/true"], architecture="amd64", os="linux")
+    return out, image_properties(config, "disk")
+
+
+def du_bytes(path):
+    out = subprocess.run(["du", "-s", "--block-size=1", path], capture_output=True, text=True)
+    return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
+
+
+def run_mode(lv, base, image, props, images_type, count, workdir, root_gb):
+    """Spawn-side steps for ``count`` instances, one after the other; a list of
+    per-instance dicts (seconds per step, disk bytes of the instance dir)."""
+    from nova.conf import CONF
+    from nova.network import model as network_model
+    from nova.virt.libvirt import blockinfo
+    from nova.virt.libvirt import driver as libvirt_driver
+    from tests.nova import libvirtkit as kit
+
+    inst_path = tempfile.mkdtemp(prefix=f"spawn-{images_type}-", dir=workdir)
+    rows = []
+    with kit.NovaCompute(lv, inst_path, base) as nc:
+        CONF.set_override("images_type", images_type, group="libvirt")
+        try:
+            image_id = nc.images.add(image, props, "qcow2")
+            drv = nc.driver
+            for i in range(count):
+                ctx, inst = nc.instance(image_id, root_gb=root_gb)
+                image_meta = nc.images.image_meta(image_id)
+                t0 = time.monotonic()
+                spec = drv.container_spec_from_image(ctx, inst)
+                drv._specs[inst.uuid] = spec
+                inst.config_drive = "True"
+                disk_info = blockinfo.get_disk_info("qemu", inst, image_meta, None)
+                injection = libvirt_driver.InjectionInfo(
+                    network_info=network_model.NetworkInfo([]), files=[], admin_pass=None)
+                t1 = time.monotonic()
+                drv._create_image(ctx, inst, disk_info["mapping"], injection_info=injection)
+                t2 = time.monotonic()
+                drv._get_guest_xml(ctx, inst, network_model.NetworkInfo([]), disk_info,
+                                   image_meta)
+                t3 = time.monotonic()
+                drv._create_configdrive(ctx, inst, injection)
+                t4 = time.monotonic()
+                inst_dir = os.path.join(inst_path, inst.uuid)
+                rows.append({"spec": t1 - t0, "image": t2 - t1, "xml": t3 - t2,
+                             "configdrive": t4 - t3, "total": t4 - t0,
+                             "inst_bytes": du_bytes(inst_dir)})
+                if images_type == "flat":
+                    shutil.rmtree(inst_dir)          # bounded disk use (see docstring)
+                drv._specs.pop(inst.uuid, None)
+            base_bytes = du_bytes(os.path.join(inst_path, "_base"))
+        finally:
+            CONF.clear_override("images_type", group="libvirt")
+    shutil.rmtree(inst_path, ignore_errors=True)
+    return rows, base_bytes
+
+
+def summarize(rows, base_bytes, counts, flat):
+    out = []
+    for n in counts:
+        part = rows[:n]
+        total = sum(r["total"] for r in part)
+        rest = part[1:]
+        inst_bytes = (rows[0]["inst_bytes"] * n) if flat else sum(r["inst_bytes"] for r in part)
+        out.append({
+            "n": n, "total_s": total,
+            "first_s": part[0]["total"],
+            "rest_mean_s": (sum(r["total"] for r in rest) / len(rest)) if rest else None,
+            "per_instance_s": total / n,
+            "image_mean_rest_s": (sum(r["image"] for r in rest) / len(rest)) if rest else None,
+            "disk_gib": (base_bytes + inst_bytes) / (1024 ** 3),
+        })
+    return out
+
+
+def print_table(results, size_mb):
+    print(f"rootfs image: ~{size_mb} MB of data (ext4 in qcow2); instances created one after "
+          "the other from a cold _base; seconds of host work (spec + _create_image + "
+          "_get_guest_xml + _create_configdrive)")
+    print()
+    print("| instances | method | total s | first instance s | each further s (mean) "
+          "| disk image step, further (mean) s | host disk GiB |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for n_idx in range(len(results["docker2vm"])):
+        for name in ("docker2vm", "per-instance copy"):
+            r = results[name][n_idx]
+            rest = "-" if r["rest_mean_s"] is None else f"{r['rest_mean_s']:.3f}"
+            img = "-" if r["image_mean_rest_s"] is None else f"{r['image_mean_rest_s']:.3f}"
+            print(f"| {r['n']} | {name} | {r['total_s']:.1f} | {r['first_s']:.2f} | {rest} "
+                  f"| {img} | {r['disk_gib']:.2f} |")
+    print()
+    last = {k: v[-1] for k, v in results.items()}
+    if last["docker2vm"]["rest_mean_s"] and last["per-instance copy"]["rest_mean_s"]:
+        print("each further instance: per-instance copy / docker2vm = %.1fx"
+              % (last["per-instance copy"]["rest_mean_s"] / last["docker2vm"]["rest_mean_s"]))
+
+
+def plot(raw, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, style in (("docker2vm", "o-"), ("per-instance copy", "s-")):
+        rows = raw[name]
+        xs = list(range(1, len(rows) + 1))
+        cum, acc = [], 0.0
+        for r in rows:
+            acc += r["total"]
+            cum.append(acc)
+        ax1.plot(xs, cum, style, markersize=3, label=name)
+        ax2.plot(xs, [r["total"] for r in rows], style, markersize=3, label=name)
+    ax1.set_xlabel("instances spawned")
+    ax1.set_ylabel("cumulative host work, s")
+    ax1.set_title("spawn-side host work (boot excluded)")
+    ax2.set_xlabel("instance #")
+    ax2.set_ylabel("host work for this instance, s")
+    ax2.set_yscale("log")
+    ax2.set_title("per instance (first: download into _base)")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--counts", default="1,10,50", help="instance counts to report (default 1,10,50)")
+    ap.add_argument("--size-mb", type=int, default=1024, help="rootfs data size (default 1024)")
+    ap.add_argument("--workdir", default=None, help="where instances go (default: a temp dir "
+                    "under .cache/bench-nova-spawn)")
+    ap.add_argument("--json", action="store_true", help="print raw results as JSON")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the curves (needs matplotlib)")
+    args = ap.parse_args(argv)
+    counts = sorted({int(c) for c in args.counts.split(",")})
+    if os.geteuid() != 0:
+        print("needs root (a private libvirtd)", file=sys.stderr)
+        return 2
+
+    os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
+    import tests.nova.conftest  # noqa: F401  (Nova's threading bootstrap, the shim path)
+    from tests.guest import images
+    from tests.nova.libvirtd import Libvirtd
+
+    base = images.base_image()
+    image, props = make_rootfs(args.size_mb)
+    os.makedirs(CACHE, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="run-", dir=args.workdir or CACHE)
+    vsize = json.loads(subprocess.run(["qemu-img", "info", "--output=json", image], check=True,
+                                      capture_output=True, text=True).stdout)["virtual-size"]
+    root_gb = -(-vsize // (1024 ** 3))           # the smallest flavor disk that fits
+    raw, results = {}, {}
+    lv = Libvirtd()
+    try:
+        lv.start()
+        for name, images_type in (("docker2vm", "qcow2"), ("per-instance copy", "flat")):
+            rows, base_bytes = run_mode(lv, base, image, props, images_type, max(counts), workdir,
+                                        root_gb)
+            raw[name] = rows
+            results[name] = summarize(rows, base_bytes, counts, images_type == "flat")
+    finally:
+        lv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"results": results, "raw": raw}, indent=1))
+    else:
+        print_table(results, args.size_mb)
+    if args.plot:
+        return plot(raw, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
