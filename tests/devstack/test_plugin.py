@@ -290,6 +290,17 @@ def test_plugin_contract_shape():
         assert f'"$1" == "{mode}"' in plugin
 
 
+def test_local_conf_sample_names_real_settings():
+    """Every DOCKER2VM_* variable of devstack/local.conf.sample is one
+    devstack/settings defines."""
+    import re
+    sample = open(os.path.join(TOP, "devstack", "local.conf.sample")).read()
+    settings = open(SETTINGS).read()
+    names = set(re.findall(r"^#?(DOCKER2VM_[A-Z_]+)=", sample, re.M))
+    assert names and all(re.search(rf"^{n}=", settings, re.M) for n in names), names
+    assert re.search(r"^enable_plugin docker2vm ", sample, re.M)
+
+
 def test_settings_defaults_overridable(sandbox):
     r = sandbox.bash('echo "$DOCKER2VM_DIR|$DOCKER2VM_COMPUTE_DRIVER|$DOCKER2VM_BOOT_DISK|'
                      '$DOCKER2VM_BASE_DIR|$ENABLED_SERVICES"',
