@@ -241,3 +241,88 @@ def test_libvirt_domain_disk_alone(app, tmp_path):
     assert run.first(lambda l: l.startswith("BUNDLE-OK from-libvirt FOO=bar")) is not None, text
     assert run.first(lambda l: l == "HOST=bundle-libvirt PWD=/work") is not None, text
     assert run.exit_status() == 3, text
+
+
+# -- the guest's override rules against the host's (no VM) --------------------
+@pytest.fixture(scope="module")
+def d2vinit_host(tmp_path_factory):
+    """The guest's d2vinit compiled for the host (its ``overrides`` entry)."""
+    from docker_rootfs.guest import base_image
+    if not shutil.which("gcc"):
+        pytest.fail("gcc is needed (bindep.txt)", pytrace=False)
+    return base_image.compile_d2vinit(str(tmp_path_factory.mktemp("d2vinit") / "d2vinit"))
+
+
+def _config(entrypoint, cmd, env, user="", workdir=""):
+    from docker_rootfs.config import ContainerConfig
+    return ContainerConfig.from_dict({"Entrypoint": entrypoint, "Cmd": cmd, "Env": env,
+                                      "User": user, "WorkingDir": workdir})
+
+
+def _guest_overrides(d2vinit, tmp_path, config, meta, user_data=None, hostname="vm-1"):
+    cfg, md = tmp_path / "cfg", tmp_path / "md"
+    cfg.mkdir()
+    md.mkdir()
+    for name, data in bundle.guest_files(config, "0" * 8 + "-0000-0000-0000-" + "0" * 12).items():
+        (cfg / name).write_bytes(data)
+    files = configdrive.metadata_files("uuid-1", hostname, meta=meta, user_data=user_data)
+    (md / "meta_data.json").write_bytes(files["openstack/latest/meta_data.json"])
+    if user_data is not None:
+        (md / "user_data").write_bytes(user_data)
+    p = subprocess.run([d2vinit, "overrides", str(cfg), str(md)], capture_output=True, text=True)
+    split = lambda b: [x.decode() for x in b.split(b"\0")[:-1]]  # noqa: E731
+    return p, {"argv": split((cfg / "argv").read_bytes()), "env": split((cfg / "env").read_bytes()),
+               "user": (cfg / "user").read_text().rstrip("\n"),
+               "workdir": (cfg / "workdir").read_text().rstrip("\n"),
+               "hostname": (cfg / "hostname").read_text().rstrip("\n")}
+
+
+IMAGE = (["/bin/ep", "e1"], ["c1", "c 2"], ["FOO=bar", "PATH=/bin", "X=1"])
+
+
+@pytest.mark.parametrize("meta,user_data", [
+    ({}, None),
+    ({"docker_cmd": json.dumps(["from meta", "caf\u00e9 \"q\" \\ \U0001f600", "\t"])}, None),
+    ({"docker_cmd": json.dumps("one")}, None),
+    ({"docker_entrypoint": json.dumps(["/bin/other"])}, None),
+    ({"docker_entrypoint": "[]", "docker_cmd": '["/bin/sh","-c","echo hi"]'}, None),
+    ({"docker_env": json.dumps({"FOO": "new", "NEW": "x=y"})}, None),
+    ({"docker_env": json.dumps(["X=2", "Y="])}, None),
+    ({"docker_user": "app:other", "docker_workdir": "rel/dir"}, None),
+    ({"docker_cmd": '["meta-wins"]'},
+     json.dumps({"docker_cmd": ["loses"], "docker_env": {"UD": "1"},
+                 "docker_entrypoint": "[\"/bin/ud\"]"}).encode()),
+    ({}, b"#cloud-config\nruncmd: []\n"),
+])
+def test_guest_overrides_match_host_rules(d2vinit_host, tmp_path, meta, user_data):
+    """d2vinit's overrides (JSON read in C) give what contract.resolve() gives
+    host-side for the same server metadata (user data: keys the server
+    metadata lacks)."""
+    from docker_rootfs.guest import contract
+    config = _config(*IMAGE)
+    p, got = _guest_overrides(d2vinit_host, tmp_path, config, meta, user_data)
+    assert p.returncode == 0, p.stderr
+    merged = {}
+    if user_data and user_data.startswith(b"{"):
+        merged = {k: v if isinstance(v, str) else json.dumps(v)
+                  for k, v in json.loads(user_data).items()}
+    merged.update(meta)
+    want = contract.resolve(config, "vm-1", merged)
+    assert got["argv"] == want["argv"]
+    assert got["env"] == [e for e in want["env"] if not e.startswith("HOSTNAME=")]
+    assert got["user"] == want["user"] and got["workdir"] == want["workdir"]
+    assert got["hostname"] == "vm-1"
+
+
+@pytest.mark.parametrize("meta,error", [
+    ({"docker_cmd": "echo hi"}, "server metadata docker_cmd must be a JSON list of strings"),
+    ({"docker_cmd": "[1, 2]"}, "server metadata docker_cmd must be a JSON list of strings"),
+    ({"docker_env": '["NOEQUALS"]'}, "server metadata docker_env must be a JSON object"),
+    ({"docker_entrypoint": '["a"] x'}, "server metadata docker_entrypoint must be"),
+])
+def test_guest_bad_override_is_one_error_and_125(d2vinit_host, tmp_path, meta, error):
+    p, _ = _guest_overrides(d2vinit_host, tmp_path, _config(*IMAGE), meta)
+    assert p.returncode == 125
+    lines = p.stderr.strip().splitlines()
+    assert lines[0].startswith("docker2vm: error: " + error), p.stderr
+    assert lines[-1] == "docker2vm: exit status 125"
