@@ -299,12 +299,33 @@ def _hardlink(path, primary, node):
     return ti
 
 
+class _NotifyingTarFile:
+    """``addfile`` that also reports each member and where its data starts."""
+
+    def __init__(self, tf, notify):
+        self._tf = tf
+        self._notify = notify
+
+    def addfile(self, ti, fileobj=None):
+        before = self._tf.offset
+        self._tf.addfile(ti, fileobj)
+        size = ti.size if ti.isreg() else 0
+        padded = (size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+        self._notify(ti, self._tf.offset - padded)
+
+    def close(self):
+        self._tf.close()
+
+
 class SparseReader:
     """The ``size`` bytes of a sparse (GNU/PAX sparse) member: its stored
     data segments (``raw``, read in order) placed at the offsets of
     ``sparse`` (``[(offset, length), ...]``), zeros in the holes."""
 
     def __init__(self, raw, sparse, size):
+        # Zero-length segments carry no data (GNU's end marker, old GNU's
+        # empty slots): only the data segments must be in order.
+        sparse = [(offset, length) for offset, length in sparse if length]
         end = 0
         for offset, length in sparse:
             if offset < end or length < 0 or offset + length > size:
@@ -312,7 +333,7 @@ class SparseReader:
                                           f"or not inside the file's {size} bytes")
             end = offset + length
         self._raw = raw
-        self._segments = list(sparse) + [(size, 0)]
+        self._segments = sparse + [(size, 0)]
         self._pos = 0
 
     def read(self, n=-1):
@@ -388,12 +409,19 @@ class Flattener:
         return self.tree
 
     def write(self, out):
+        """Write the PAX tar to ``out``. If ``out`` has a
+        ``member_written(tarinfo, data_offset)`` method, it is called after
+        each member (the disk builder records its entries that way instead
+        of reading the tar back)."""
         tree = self.build_tree()
         primary = {}          # id(inode) -> first path written (or planned) for it
         later = {}            # id(inode) -> [extra paths] for regular files
         by_layer = {}         # layer index -> {data offset: (path, inode)}
         tf = tarfile.open(fileobj=CountingWriter(out), mode="w:", format=tarfile.PAX_FORMAT,
                           copybufsize=COPY_CHUNK, encoding="utf-8", errors="surrogateescape")
+        notify = getattr(out, "member_written", None)
+        if notify is not None:
+            tf = _NotifyingTarFile(tf, notify)
         # Pass A: everything without content, parents before children.
         for path, node in tree.walk():
             key = id(node)

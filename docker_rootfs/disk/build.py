@@ -94,8 +94,12 @@ def check_free_space(directory, needed, what):
                                    f"{free // MiB} MiB available")
 
 
-def _spool(writer, path, want_hash):
+def _spool(writer, path, want_hash, scanner):
+    """Run ``writer(fileobj)`` into ``path``; a writer that reports its
+    members (see ``Flattener.write``) feeds ``scanner`` as it goes. Returns
+    (sha256 hex or "", whether the scanner was fed)."""
     h = hashlib.sha256() if want_hash else None
+    fed = [False]
 
     class _Tee:
         def __init__(self, f):
@@ -109,9 +113,13 @@ def _spool(writer, path, want_hash):
         def flush(self):
             self.f.flush()
 
+        def member_written(self, tarinfo, data_offset):
+            fed[0] = True
+            scanner.add(tarinfo, data_offset)
+
     with open(path, "wb") as f:
         writer(_Tee(f))
-    return h.hexdigest() if h else ""
+    return (h.hexdigest() if h else ""), fed[0]
 
 
 def build_disk(source, output, options=None, digest=None, created=None, progress=None,
@@ -134,18 +142,22 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
     try:
         # 1. The tar, as a file we can pread.
         seed_hash = ""
+        scanned = None
         if callable(source):
             progress(0.0, "flattening")
             tar_path = os.path.join(work, "rootfs.tar")
-            seed_hash = _spool(source, tar_path, want_hash=not digest)
+            scanner = tarscan.Scanner(max_entries)
+            seed_hash, fed = _spool(source, tar_path, not digest, scanner)
+            if fed:
+                scanned = scanner.entries, scanner.stats
             timings["flatten"] = time.monotonic() - t0
         else:
             tar_path = source
-        # 2. Scan and size.
+        # 2. Scan (unless the writer reported its members) and size.
         t = time.monotonic()
         progress(0.0, "scanning")
-        entries, stats = tarscan.scan(tar_path, max_entries=max_entries,
-                                      want_sha256=not digest and not seed_hash)
+        entries, stats = scanned or tarscan.scan(tar_path, max_entries=max_entries,
+                                                 want_sha256=not digest and not seed_hash)
         seed = digest or ("sha256:" + (seed_hash or stats.sha256))
         geometry = sizing.compute(stats, options)
         timings["scan"] = time.monotonic() - t

@@ -23,6 +23,9 @@ from docker_rootfs.disk import base, ext2fs_lib as L, tarscan
 
 CHUNK = 1024 * 1024
 ZERO_CHUNK = bytes(CHUNK)
+# Files at least this big take the direct data path (fewer library calls
+# per file below it).
+DIRECT_MIN = 64 * 1024
 BLOCK = 4096
 ZERO_BLOCK = bytes(BLOCK)
 
@@ -60,6 +63,8 @@ class Populator:
         self.inode = L.Inode(256)
         self.ctime = job.fixed_time
         self.written = ctypes.c_uint()
+        self.extent = L.Extent()
+        self.raw_fd = None
 
     # -- plumbing -------------------------------------------------------
     def _open(self):
@@ -144,6 +149,7 @@ class Populator:
         job = self.job
         self.dirs = []
         fd = os.open(job.tar_path, os.O_RDONLY)
+        self.raw_fd = os.open(job.raw_path, os.O_WRONLY)
         try:
             self._open()
             try:
@@ -169,6 +175,7 @@ class Populator:
                 self._close()
         finally:
             os.close(fd)
+            os.close(self.raw_fd)
         job.report(1.0, "files written")
 
     def _entry(self, e, fd):
@@ -212,7 +219,9 @@ class Populator:
                     "init extents")
             lib.ext2fs_extent_free(handle)
             self._write(ino)
-            if e.size:
+            if e.size >= DIRECT_MIN and not any(off % BLOCK for off, _ in e.sparse):
+                self._write_data_direct(ino, e, fd)
+            elif e.size:
                 self._write_data(ino, e, fd)
         elif kind == tarscan.SYMLINK:
             ino = self._new_inode(parent, L.S_IFLNK | 0o777)
@@ -234,6 +243,55 @@ class Populator:
         self.inos[e.path] = (ino, _FT[kind])
         if e.xattrs:
             self._set_xattrs(ino, e.xattrs)
+
+    def _write_data_direct(self, ino, e, fd):
+        """Allocate the file's blocks with ``ext2fs_fallocate`` and copy its
+        data straight into the image file at their physical offsets: one
+        ``pwrite`` per contiguous run, instead of libext2fs's one 4 KiB
+        block write at a time. Same layout rules as :meth:`_write_data`
+        (all-zero chunks stay holes); libext2fs never caches data blocks, so
+        writing them beside it is safe."""
+        lib, fs, buf = self.lib, self.fs, self.inode.buf
+        extent = self.extent
+        handle = ctypes.c_void_p()
+        src = e.offset
+        for off, length in (e.sparse or ((0, e.size),)):
+            done = 0
+            while done < length:
+                n = min(CHUNK, length - done)
+                data = os.pread(fd, n, src)
+                if len(data) != n:
+                    raise errors.ArchiveError(
+                        f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
+                src += n
+                lblk = (off + done) // BLOCK
+                done += n
+                if data == ZERO_CHUNK if n == CHUNK else (n >= BLOCK and data == bytes(n)):
+                    continue
+                nblk = (n + BLOCK - 1) // BLOCK
+                if n % BLOCK:
+                    data += bytes(nblk * BLOCK - n)
+                L.check(lib.ext2fs_fallocate(fs, L.FALLOCATE_FORCE_INIT, ino, buf, L.GOAL_AUTO,
+                                             lblk, nblk), "allocate blocks")
+                L.check(lib.ext2fs_extent_open2(fs, ino, buf, ctypes.byref(handle)),
+                        "open extents")
+                try:
+                    pos = 0
+                    view = memoryview(data)
+                    while pos < nblk:
+                        L.check(lib.ext2fs_extent_goto2(handle, 0, lblk + pos), "find extent")
+                        L.check(lib.ext2fs_extent_get(handle, L.EXTENT_CURRENT,
+                                                      ctypes.byref(extent)), "read extent")
+                        skip = lblk + pos - extent.e_lblk
+                        take = min(extent.e_len - skip, nblk - pos)
+                        if take <= 0:
+                            raise errors.ToolError("libext2fs: block not mapped after fallocate")
+                        os.pwrite(self.raw_fd, view[pos * BLOCK:(pos + take) * BLOCK],
+                                  (extent.e_pblk + skip) * BLOCK)
+                        pos += take
+                finally:
+                    lib.ext2fs_extent_free(handle)
+        self._write(ino)
 
     def _write_data(self, ino, e, fd):
         lib = self.lib

@@ -38,6 +38,10 @@ FT_REG, FT_DIR, FT_CHRDEV, FT_BLKDEV, FT_FIFO, FT_SOCK, FT_SYMLINK = 1, 2, 3, 4,
 S_IFREG, S_IFDIR, S_IFLNK = 0o100000, 0o040000, 0o120000
 S_IFCHR, S_IFBLK, S_IFIFO = 0o020000, 0o060000, 0o010000
 
+FALLOCATE_FORCE_INIT = 0x2
+EXTENT_CURRENT = 0x0000
+GOAL_AUTO = 2 ** 64 - 1     # ~0ULL: let libext2fs pick the inode's goal
+
 INODE_LARGE = 160     # sizeof(struct ext2_inode_large) in 1.46/1.47
 
 c_ino = ctypes.c_uint32
@@ -45,6 +49,12 @@ c_errcode = ctypes.c_long
 
 _lib = None
 _com_err = None
+
+
+class Extent(ctypes.Structure):
+    """struct ext2fs_extent"""
+    _fields_ = [("e_pblk", ctypes.c_uint64), ("e_lblk", ctypes.c_uint64),
+                ("e_len", ctypes.c_uint32), ("e_flags", ctypes.c_uint32)]
 
 
 class Ext2Error(errors.ToolError):
@@ -106,6 +116,10 @@ def load():
         "ext2fs_xattrs_read": [P],
         "ext2fs_xattr_set": [P, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t],
         "ext2fs_xattrs_close": [ctypes.POINTER(P)],
+        "ext2fs_fallocate": [P, I, c_ino, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64,
+                             ctypes.c_uint64],
+        "ext2fs_extent_goto2": [P, I, ctypes.c_uint64],
+        "ext2fs_extent_get": [P, I, ctypes.POINTER(Extent)],
     }
     for fname, argtypes in sigs.items():
         fn = getattr(lib, fname)

@@ -117,17 +117,11 @@ def _split_time(mtime):
 def scan(path, max_entries=None, want_sha256=False):
     """Read the tar file at ``path``; return (entries, stats).
 
-    Checks: every path is relative and normalised; no entry appears twice;
-    an entry's parent is a directory of the stream (or implied by it), never
-    a symlink, file or device; hard links name an earlier non-directory
-    entry. Anything else raises :class:`~docker_rootfs.errors.UnsafeEntry`
-    or :class:`~docker_rootfs.errors.ArchiveError`.
+    Checks: see :class:`Scanner`. Anything wrong raises
+    :class:`~docker_rootfs.errors.UnsafeEntry` or
+    :class:`~docker_rootfs.errors.ArchiveError`.
     """
-    entries = []
-    stats = TarStats()
-    kinds = {b"": DIR}           # path -> kind, for parent/hard link checks
-    implied = set()              # directories created because a child needed them
-    stats.dir_bytes[b""] = 0
+    scanner = Scanner(max_entries)
     try:
         tf = tarfile.open(path, mode="r:", errors="surrogateescape")
     except (tarfile.TarError, OSError) as exc:
@@ -141,76 +135,103 @@ def scan(path, max_entries=None, want_sha256=False):
             if m is None:
                 break
             tf.members = []     # keep memory flat: we record our own compact entry
-            kind = _TYPES.get(m.type)
-            if kind is None:
-                raise errors.UnsafeEntry(
-                    f"unsupported tar entry type {m.type!r} for {m.name!r}")
-            p = _norm_path(m.name)
-            if p == b"":
-                if kind != DIR:
-                    raise errors.UnsafeEntry("the root entry is not a directory")
-            existing = False
-            if p in kinds:
-                if p in implied and kind == DIR:
-                    implied.discard(p)   # an implied parent now gets its own entry
-                    existing = True
-                elif p:
-                    raise errors.ArchiveError(f"entry appears twice: {m.name!r}")
-            parent, _, base = p.rpartition(b"/")
-            if p:
-                # Parents must be directories; create implied ones.
-                _ensure_parents(parent, kinds, stats, implied)
-            sec, ns = _split_time(m.mtime)
-            e = Entry(p, kind, m.mode & 0o7777, m.uid, m.gid, sec, ns)
-            stats.max_mtime = max(stats.max_mtime, sec)
-            if kind == REG:
-                e.size = m.size
-                e.offset = m.offset_data
-                if m.sparse:
-                    e.sparse = tuple((int(o), int(n)) for o, n in m.sparse)
-                    blocks = sum((n + BLOCK - 1) // BLOCK + 1 for o, n in e.sparse if n)
-                else:
-                    blocks = (m.size + BLOCK - 1) // BLOCK
-                # extent tree blocks for big (possibly fragmented) files
-                blocks += blocks // 2048
-                stats.data_blocks += blocks
-                stats.data_bytes += m.size
-            elif kind == SYMLINK:
-                e.target = os.fsencode(m.linkname)
-                if not e.target or len(e.target) >= BLOCK:
-                    raise errors.UnsafeEntry(f"symlink target empty or too long: {m.name!r}")
-                if len(e.target) >= 60:
-                    stats.symlink_blocks += 1
-            elif kind == HARDLINK:
-                e.target = _norm_path(m.linkname)
-                tkind = kinds.get(e.target)
-                if tkind is None or e.target not in kinds or tkind == DIR or not e.target:
-                    raise errors.UnsafeEntry(
-                        f"hard link {m.name!r} names no earlier file: {m.linkname!r}")
-            elif kind in (CHR, BLK):
-                e.devmajor, e.devminor = m.devmajor, m.devminor
-            if kind != HARDLINK:
-                e.xattrs = _xattrs(m)
-                if e.xattrs and _xattr_block_needed(e.xattrs):
-                    stats.xattr_blocks += 1
-                if p and not existing:
-                    stats.inodes += 1
-            if p and not existing:
-                kinds[p] = kind if kind != HARDLINK else kinds[e.target]
-                stats.dir_bytes[parent] = stats.dir_bytes.get(parent, 0) + _dirent_bytes(base)
-            if kind == DIR and not existing:
-                stats.dir_bytes.setdefault(p, 0)
-                if p:
-                    stats.dirs += 1
-            entries.append(e)
-            stats.entries += 1
-            if max_entries and stats.entries > max_entries:
-                raise errors.LimitExceeded("max_entries", stats.entries, max_entries,
-                                           "flattened tar")
+            scanner.add(m)
     if want_sha256:
         with open(path, "rb") as f:
-            stats.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    return entries, stats
+            scanner.stats.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    return scanner.entries, scanner.stats
+
+
+class Scanner:
+    """Turns tar members, in stream order, into :class:`Entry` records and
+    :class:`TarStats`: from a tar file (:func:`scan`), or from the members a
+    writer is writing (``add(tarinfo, data_offset)``), so a flattened tar
+    never needs reading back.
+
+    Checks: every path is relative and normalised; no entry appears twice;
+    an entry's parent is a directory of the stream (or implied by it), never
+    a symlink, file or device; hard links name an earlier non-directory
+    entry.
+    """
+
+    def __init__(self, max_entries=None):
+        self.max_entries = max_entries
+        self.entries = []
+        self.stats = TarStats()
+        self.kinds = {b"": DIR}      # path -> kind, for parent/hard link checks
+        self.implied = set()         # directories created because a child needed them
+        self.stats.dir_bytes[b""] = 0
+
+    def add(self, m, offset=None):
+        """Record member ``m`` (a TarInfo); ``offset``: where its data
+        starts in the tar (default ``m.offset_data``)."""
+        stats, kinds, implied = self.stats, self.kinds, self.implied
+        kind = _TYPES.get(m.type)
+        if kind is None:
+            raise errors.UnsafeEntry(
+                f"unsupported tar entry type {m.type!r} for {m.name!r}")
+        p = _norm_path(m.name)
+        if p == b"":
+            if kind != DIR:
+                raise errors.UnsafeEntry("the root entry is not a directory")
+        existing = False
+        if p in kinds:
+            if p in implied and kind == DIR:
+                implied.discard(p)   # an implied parent now gets its own entry
+                existing = True
+            elif p:
+                raise errors.ArchiveError(f"entry appears twice: {m.name!r}")
+        parent, _, base = p.rpartition(b"/")
+        if p:
+            # Parents must be directories; create implied ones.
+            _ensure_parents(parent, kinds, stats, implied)
+        sec, ns = _split_time(m.mtime)
+        e = Entry(p, kind, m.mode & 0o7777, m.uid, m.gid, sec, ns)
+        stats.max_mtime = max(stats.max_mtime, sec)
+        if kind == REG:
+            e.size = m.size
+            e.offset = m.offset_data if offset is None else offset
+            if m.sparse:
+                e.sparse = tuple((int(o), int(n)) for o, n in m.sparse)
+                blocks = sum((n + BLOCK - 1) // BLOCK + 1 for o, n in e.sparse if n)
+            else:
+                blocks = (m.size + BLOCK - 1) // BLOCK
+            # extent tree blocks for big (possibly fragmented) files
+            blocks += blocks // 2048
+            stats.data_blocks += blocks
+            stats.data_bytes += m.size
+        elif kind == SYMLINK:
+            e.target = os.fsencode(m.linkname)
+            if not e.target or len(e.target) >= BLOCK:
+                raise errors.UnsafeEntry(f"symlink target empty or too long: {m.name!r}")
+            if len(e.target) >= 60:
+                stats.symlink_blocks += 1
+        elif kind == HARDLINK:
+            e.target = _norm_path(m.linkname)
+            tkind = kinds.get(e.target)
+            if tkind is None or e.target not in kinds or tkind == DIR or not e.target:
+                raise errors.UnsafeEntry(
+                    f"hard link {m.name!r} names no earlier file: {m.linkname!r}")
+        elif kind in (CHR, BLK):
+            e.devmajor, e.devminor = m.devmajor, m.devminor
+        if kind != HARDLINK:
+            e.xattrs = _xattrs(m)
+            if e.xattrs and _xattr_block_needed(e.xattrs):
+                stats.xattr_blocks += 1
+            if p and not existing:
+                stats.inodes += 1
+        if p and not existing:
+            kinds[p] = kind if kind != HARDLINK else kinds[e.target]
+            stats.dir_bytes[parent] = stats.dir_bytes.get(parent, 0) + _dirent_bytes(base)
+        if kind == DIR and not existing:
+            stats.dir_bytes.setdefault(p, 0)
+            if p:
+                stats.dirs += 1
+        self.entries.append(e)
+        stats.entries += 1
+        if self.max_entries and stats.entries > self.max_entries:
+            raise errors.LimitExceeded("max_entries", stats.entries, self.max_entries,
+                                       "flattened tar")
 
 
 def _ensure_parents(parent, kinds, stats, implied):
