@@ -140,6 +140,7 @@ class Libvirtd:
         self.debug = debug
         self.proc = None
         self._conn = None
+        self.stragglers = {}    # pid -> command line of what stop() had to kill
         self.sock_dir = os.path.join(self.workdir, "sock")
         self.socket = os.path.join(self.sock_dir, "libvirt-sock")
         self.uri = f"qemu:///system?socket={self.socket}"
@@ -317,15 +318,30 @@ class Libvirtd:
                 os.kill(int(f.read().strip()), signal.SIGTERM)
         except (OSError, ValueError):
             pass
+        ns = self.namespace_id()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            # the watchdog did not finish: kill the namespace ourselves
-            for pid in self.namespace_pids():
+            pass
+        # whatever the watchdog left (it gives up after ~5 s; a QEMU still
+        # flushing can outlast that): kill it, and wait until it is gone
+        deadline = time.monotonic() + 30
+        while ns and time.monotonic() < deadline:
+            pids = [p for p in self.namespace_pids(ns) if p != self.proc.pid]
+            if not pids and self.proc.poll() is not None:
+                break
+            for pid in pids:
+                if pid not in self.stragglers:
+                    self.stragglers[pid] = _cmdline(pid)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+            time.sleep(0.2)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
             self.proc.wait(10)
         self.proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -335,6 +351,14 @@ class Libvirtd:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def domain_console(path):

@@ -436,6 +436,8 @@ class NovaCompute:
             ("docker2vm", "base_vm_image", self.base_vm_image),
             ("docker2vm", "share_driver", self.share_driver),
             ("docker2vm", "stop_timeout", self.stop_timeout),
+            # the tests run the share handler's cache pass right after use
+            ("docker2vm", "share_unused_minimum_age_seconds", 0),
         ]
         for group, key, value in over:
             fx.config(**{key: value, "group": group} if group else {key: value})

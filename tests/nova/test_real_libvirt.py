@@ -35,6 +35,7 @@ itself off (reason: shutdown), the driver puts N into the server metadata
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from unittest import mock
@@ -68,18 +69,6 @@ echo first-run >/data/marker
 echo ready
 while :; do sleep 1; done
 """
-
-# libvirt 9.0 refusals of the driver's XML found by these tests and reported
-# to the driver's owner: the test is marked xfail with libvirt's message while
-# the driver still emits them, and runs in full once it does not.
-KNOWN_DRIVER_BUGS = {
-    "Invalid value for attribute 'mode' in element 'cache': 'auto'":
-        "virtiofs <binary><cache mode='auto'/>: libvirt 9.0 takes only none|always; "
-        "leave the element out for QEMU's default",
-    "virtiofs does not yet support read-only mode":
-        "virtiofs <readonly/> is refused by libvirt 9.0; the C virtiofsd has no read-only "
-        "option either: read-only needs another way (e.g. a read-only bind mount of the tree)",
-}
 
 PROBE_CONFIG = {"entrypoint": ["/bin/probe"], "cmd": ["from-image"], "env": ["FOO=bar"],
                 "user": "app"}
@@ -116,15 +105,34 @@ def lv():
         daemon.stop()
         # nothing left: no process in its namespace, no socket, no file
         alive = daemon.namespace_pids(ns) if ns else []
+        if daemon.stragglers:
+            print(f"libvirtd namespace: killed after its watchdog: {daemon.stragglers}")
         assert not alive, f"left running: {alive}"
         assert not os.path.exists(workdir)
 
 
+def _mounts_under(top):
+    from nova_image_handler import unpack
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = unpack._unescape(line.split()[4])
+            if point == top or point.startswith(top + "/"):
+                out.append(point)
+    return out
+
+
 @pytest.fixture(scope="module")
 def instances_path():
-    top = tempfile.mkdtemp(prefix="d2v-nova-inst-")
+    top = os.path.realpath(tempfile.mkdtemp(prefix="d2v-nova-inst-"))
     yield top
+    # The share handler's read-only bind mounts are removed by the driver's
+    # cache pass in the tests; whatever a failed test left is unmounted here.
+    left = _mounts_under(top)
+    for point in reversed(left):
+        subprocess.run(["umount", "-l", point], check=False)
     shutil.rmtree(top, ignore_errors=True)
+    assert not left, f"mounts left by the driver: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +159,7 @@ def _boot(nc, lv, image_id, meta=None, press_after=None, after_stop=None):
     out = {}
     with mock.patch.object(nc.driver, "_get_guest_xml", side_effect=spy):
         t0 = time.monotonic()
-        try:
-            ctx, inst, inst_dir = nc.spawn(image_id, metadata=meta)
-        except libvirt.libvirtError as exc:
-            known = [k for k in KNOWN_DRIVER_BUGS if k in str(exc)]
-            if known:
-                pytest.xfail(f"the driver's XML is refused by libvirt 9.0: {exc} "
-                             f"({KNOWN_DRIVER_BUGS[known[0]]})")
-            raise
+        ctx, inst, inst_dir = nc.spawn(image_id, metadata=meta)
         out["spawn_s"] = time.monotonic() - t0
         dom = lv.connect().lookupByUUIDString(inst.uuid)
         console = kit.Console(os.path.join(inst_dir, "console.log"))
@@ -289,14 +290,18 @@ def _share_test(lv, instances_path, base, archive, share_driver):
         def look(*args):
             digests["tree"] = images.tree_digest(tree)
             digests["data_mode"] = os.stat(os.path.join(tree, "data")).st_mode & 0o7777
+            digests["read_only"] = unpack.is_read_only(tree)
         out = _boot(nc, lv, image_id, after_stop=look)
-        out["tree_digest"] = digests.get("tree")
-        out["data_mode"] = digests.get("data_mode")
-        out["tree_expected"] = None
+        out.update(tree_digest=digests.get("tree"), data_mode=digests.get("data_mode"),
+                   tree_read_only=digests.get("read_only"))
+        # the image cache manager's pass for the share handler: no instance
+        # uses the image any more -> the tree is unmounted and removed
+        nc.driver.handler("share").manage_cache(set())
+        out["tree_left"] = os.path.exists(tree) or unpack.is_mount(tree)
         # the same tree unpacked again, untouched by any guest
         fresh = tempfile.mkdtemp(prefix="d2v-nova-tree-")
         try:
-            ref = unpack.ensure_tree(fresh, image_id, str(tarball))
+            ref = unpack.ensure_tree(fresh, image_id, str(tarball), read_only_mount=False)
             out["tree_expected"] = images.tree_digest(ref)
         finally:
             shutil.rmtree(fresh, ignore_errors=True)
@@ -306,6 +311,8 @@ def _share_test(lv, instances_path, base, archive, share_driver):
 def _assert_share_ran(out):
     _assert_ran(out, 3, ["ARGS=from-image", "ID=1000:1000", "ROOTFS=overlay"])
     assert out["tree_digest"] == out["tree_expected"]
+    assert out["tree_read_only"] is True
+    assert not out["tree_left"]
     lines = [l for _, l in out["console"].lines]
     if "WRITE=written" not in lines and out["data_mode"] != 0o1777:
         # The image's /data is 1777 (tests/guest/images.py); the container
@@ -324,10 +331,13 @@ def test_share_virtiofs(lv, instances_path, base, probe_archive):
 
     Real XML from the driver: ``<filesystem>`` with ``<driver
     type='virtiofs'/>``, ``<binary path='/usr/lib/qemu/virtiofsd'>`` with
-    the chroot sandbox (libvirtd starts virtiofsd), ``<readonly/>``, and
-    the memfd ``<memoryBacking>`` shared access Nova itself never writes.
+    the chroot sandbox (libvirtd starts virtiofsd), and the memfd
+    ``<memoryBacking>`` shared access Nova itself never writes. libvirt 9.0
+    refuses ``<readonly/>`` for virtiofs (and ``<cache mode='auto'/>``;
+    both found by this test): the tree is a read-only bind mount instead,
+    made by the driver through privsep and checked here during the run.
     The container's writes land in the guest's tmpfs overlay: the host
-    tree is unchanged."""
+    tree is unchanged; the handler's cache pass unmounts and removes it."""
     out = _share_test(lv, instances_path, base, probe_archive, "virtiofs")
     xml = out["xml"]
     assert 'type="virtiofs"' in xml
