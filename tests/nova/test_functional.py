@@ -112,6 +112,12 @@ class Docker2VMServersTest(base.ServersTestBase):
         self.assertGreater(len(self.defined), n)
         self.assert_container_dom(self.last_dom())
 
+        # rebuild to a docker image (the same one): a fresh container instance
+        n = len(self.defined)
+        self._rebuild_server(server, DOCKER_IMAGE)
+        self.assertGreater(len(self.defined), n)
+        self.assert_container_dom(self.last_dom())
+
         # rebuild to a plain image: the stock XML again
         plain = self.glance.auto_disk_config_enabled_image["id"]
         self._rebuild_server(server, plain)
