@@ -92,6 +92,10 @@ def test_packages_and_package_data(built):
     missing = [p for p in built["tracked"] if p.startswith(tuple(f"{pkg}/" for pkg in PACKAGES))
                and p not in names]
     assert missing == []
+    # etc/ (samples, paste snippet, metadefs) as data: <prefix>/share/docker2vm/etc/
+    data = [n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n]
+    etc = [p for p in built["tracked"] if p.startswith("etc/")]
+    assert etc and sorted(data) == sorted("share/docker2vm/" + p for p in etc)
     # The Nova shim is one sub-package: Nova's own packages stay Nova's.
     assert "nova/__init__.py" not in names and "nova/virt/__init__.py" not in names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "devstack/"))]
