@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: spawn-side host work per instance, COW overlay vs per-instance copy.
 
-    sudo .venv/bin/python bench/nova_spawn_bench.py [--counts 1,10,50] [--size-mb 1024] [--plot spawn.png]
+    sudo .venv/bin/python bench/nova_spawn_bench.py [--counts 1,10,50] [--size-mb 1024]
+        [--plot spawn.png]
 
 What the compute host does for each new instance of one docker image
 (``docker_delivery=disk``, a ~1 GB rootfs), guest boot excluded, measured on
@@ -91,6 +92,7 @@ def run_mode(lv, base, image, props, images_type, count, workdir, root_gb):
     from nova.network import model as network_model
     from nova.virt.libvirt import blockinfo
     from nova.virt.libvirt import driver as libvirt_driver
+
     from tests.nova import libvirtkit as kit
 
     inst_path = tempfile.mkdtemp(prefix=f"spawn-{images_type}-", dir=workdir)
@@ -208,7 +210,8 @@ def plot(raw, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--counts", default="1,10,50", help="instance counts to report (default 1,10,50)")
+    ap.add_argument("--counts", default="1,10,50",
+                    help="instance counts to report (default 1,10,50)")
     ap.add_argument("--size-mb", type=int, default=1024, help="rootfs data size (default 1024)")
     ap.add_argument("--workdir", default=None, help="where instances go (default: a temp dir "
                     "under .cache/bench-nova-spawn)")

@@ -44,7 +44,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import textwrap
 import time
 
 # Paths a privileged libvirt 9.0 uses (compile-time): each gets a private
@@ -59,7 +58,8 @@ W=$1; OWNER=$2
 i=0
 for d in {overlaid}; do
     i=$((i+1))
-    mount -t overlay d2v-libvirt-$i -o "lowerdir=$d,upperdir=$W/ovl/$i/upper,workdir=$W/ovl/$i/work" "$d"
+    o="lowerdir=$d,upperdir=$W/ovl/$i/upper,workdir=$W/ovl/$i/work"
+    mount -t overlay d2v-libvirt-$i -o "$o" "$d"
 done
 mount --bind "$W/etc" /etc/libvirt
 # libvirt 9.0 resolves its compile-time QEMU user before reading qemu.conf
@@ -189,7 +189,8 @@ class Libvirtd:
         import pwd
         for db, getter, line in (
                 ("passwd", pwd.getpwnam,
-                 "libvirt-qemu:x:64055:64055:docker2vm test libvirtd:/nonexistent:/usr/sbin/nologin"),
+                 "libvirt-qemu:x:64055:64055:docker2vm test libvirtd:/nonexistent:"
+                 "/usr/sbin/nologin"),
                 ("group", grp.getgrnam, "libvirt-qemu:x:64055:")):
             try:
                 getter("libvirt-qemu")

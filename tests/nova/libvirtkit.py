@@ -400,13 +400,15 @@ class NovaCompute:
 
     def _setup(self):
         from unittest import mock
-        from oslo_config import fixture as config_fixture
+
         import nova.conf.neutron
         import nova.privsep
         import nova.virt.images
         from nova import objects
         from nova.conf import CONF
         from nova.virt import fake
+        from oslo_config import fixture as config_fixture
+
         from nova_image_handler import driver as d2v_driver
 
         objects.register_all()
@@ -490,10 +492,10 @@ class NovaCompute:
     def prepare(self, image_id, **kw):
         """Spawn up to (not including) the domain definition; returns
         ``(instance, xml, instance_dir)``."""
+        from nova.conf import CONF
         from nova.network import model as network_model
         from nova.virt.libvirt import blockinfo
         from nova.virt.libvirt import driver as libvirt_driver
-        from nova.conf import CONF
         drv = self.driver
         ctx, inst = self.instance(image_id, **kw)
         image_meta = self.images.image_meta(image_id)
@@ -518,6 +520,7 @@ class NovaCompute:
         """``Docker2VMDriver.spawn`` itself (define + config drive + start through
         Nova's Host/Guest), returns ``(context, instance, instance_dir)``."""
         from unittest import mock
+
         from nova.network import model as network_model
         ctx, inst = self.instance(image_id, **kw)
         image_meta = self.images.image_meta(image_id)
@@ -529,8 +532,9 @@ class NovaCompute:
 
     def destroy(self, ctx, inst):
         """``destroy`` with ``destroy_disks``: what deleting the server does here."""
-        from nova.network import model as network_model
         from unittest import mock
+
+        from nova.network import model as network_model
         with mock.patch.object(inst, "save"):
             self.driver.destroy(ctx, inst, network_model.NetworkInfo([]), destroy_disks=True)
 

@@ -165,7 +165,7 @@ def _boot(nc, lv, image_id, meta=None, press_after=None, after_stop=None):
         console = kit.Console(os.path.join(inst_dir, "console.log"))
         try:
             if press_after is not None:
-                out["ready"] = console.wait_for(lambda l: l == press_after, BOOT_TIMEOUT,
+                out["ready"] = console.wait_for(lambda ln: ln == press_after, BOOT_TIMEOUT,
                                                 alive=dom.isActive)
                 if out["ready"] is not None:
                     t1 = time.monotonic()
@@ -207,8 +207,8 @@ def _assert_ran(out, status, lines=()):
     console = out["console"]
     text = console.text
     for line in lines:
-        assert line in [l for _, l in console.lines], text
-    docker2vm = [l for _, l in console.lines if l.startswith("docker2vm: ")]
+        assert line in [ln for _, ln in console.lines], text
+    docker2vm = [ln for _, ln in console.lines if ln.startswith("docker2vm: ")]
     assert docker2vm and docker2vm[-1] == f"docker2vm: exit status {status}", text
     assert out["shutoff"] is not None, "the domain did not shut off:\n" + text
     assert out["shutoff"] == (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN), \
@@ -251,7 +251,8 @@ def test_disk_direct_kernel_boot(lv, instances_path, base, probe_archive):
     assert kv["HOST"] == "real-vm-1" or kv["HOST"].startswith("real-vm-"), kv
     # the guest grew ext4 to the flavor's root disk (root_gb=1)
     assert int(kv["DISK_MB"]) > 900, kv
-    print(f"disk+direct: spawn {out['spawn_s']:.1f}s, shut off {out['boot_s']:.1f}s after spawn began")
+    print(f"disk+direct: spawn {out['spawn_s']:.1f}s, "
+          f"shut off {out['boot_s']:.1f}s after spawn began")
 
 
 def test_disk_base_vm_image(lv, instances_path, base, probe_archive):
@@ -313,7 +314,7 @@ def _assert_share_ran(out):
     assert out["tree_digest"] == out["tree_expected"]
     assert out["tree_read_only"] is True
     assert not out["tree_left"]
-    lines = [l for _, l in out["console"].lines]
+    lines = [ln for _, ln in out["console"].lines]
     if "WRITE=written" not in lines and out["data_mode"] != 0o1777:
         # The image's /data is 1777 (tests/guest/images.py); the container
         # (uid 1000) writes there through the guest's overlay.
@@ -392,7 +393,7 @@ def test_stop_by_power_button_then_start(lv, instances_path, base):
     assert len(out["xmls"]) == 2          # spawn, then power_on's regeneration
     assert out["xmls"][1].count("<serial>docker2vm-root</serial>") == 1
     console = second["console"]
-    assert "SECOND-RUN first-run" in [l for _, l in console.lines], console.text
+    assert "SECOND-RUN first-run" in [ln for _, ln in console.lines], console.text
     assert console.exit_status() == 5, console.text
     assert second["shutoff"] is not None
     assert second["metadata"].get("docker2vm_exit_status") == "5"
@@ -420,6 +421,6 @@ def test_harness_stand_in_domain(lv, instances_path, base, probe_archive):
     finally:
         shutil.rmtree(inst.dir, ignore_errors=True)
     assert not run.timed_out, kit.dump(run, lv, inst.name)
-    assert "ARGS=from-image" in [l for _, l in run.lines], run.text
+    assert "ARGS=from-image" in [ln for _, ln in run.lines], run.text
     assert run.exit_status() == 3, run.text
     assert kit.shutoff_reason_name(run.reason) == "shutdown"
