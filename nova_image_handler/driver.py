@@ -175,6 +175,11 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
         if not self._is_booted_from_volume(block_device_info):
             spec = self.container_spec_from_image(context, instance)
         if spec is None:
+            # a directory kept from an earlier docker image (shared storage)
+            # must not turn this plain instance into a container
+            stale = os.path.join(libvirt_utils.get_instance_path(instance), spec_mod.STATE_FILE)
+            if os.path.exists(stale):
+                os.unlink(stale)
             return super().spawn(context, instance, image_meta, injected_files,
                                  admin_password, allocations, network_info=network_info,
                                  block_device_info=block_device_info, power_on=power_on,

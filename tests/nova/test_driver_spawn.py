@@ -163,6 +163,17 @@ class TestErrors(SpawnTestCase):
         stock.assert_called_once()
         self.assertNotIn(inst.uuid, self.drv._specs)
 
+    def test_plain_spawn_drops_a_stale_container_state(self):
+        self.images[novakit.PLAIN_IMAGE_ID] = {}
+        inst = novakit.make_instance(image_ref=novakit.PLAIN_IMAGE_ID)
+        os.makedirs(self.inst_dir(inst))
+        self.images[novakit.IMAGE_ID] = novakit.container_properties()
+        spec_mod.save(self.inst_dir(inst), self.drv.container_spec_from_image(
+            self.context, novakit.make_instance()))
+        with mock.patch.object(libvirt_driver.LibvirtDriver, "spawn"):
+            self.spawn(inst)
+        self.assertIsNone(self.drv._spec_for(inst))
+
     def test_config_drive_forced(self):
         self.images[novakit.IMAGE_ID] = novakit.container_properties()
         inst = novakit.make_instance(config_drive=None)
