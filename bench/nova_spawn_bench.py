@@ -80,19 +80,71 @@ def make_rootfs(size_mb):
     return out, image_properties(config, "disk")
 
 
+def make_share_archive(size_mb):
+    """A classic ``docker save`` archive whose one layer holds the same ~size_mb
+    of data (what Glance stores for ``docker_delivery=share`` with
+    ``normalize_share`` off), and its share properties; cached."""
+    import hashlib
+
+    from docker_rootfs.config import ContainerConfig
+    from docker_rootfs.properties import image_properties
+    os.makedirs(CACHE, exist_ok=True)
+    out = os.path.join(CACHE, f"share-{size_mb}m.docker.tar")
+    if not os.path.exists(out):
+        rng = random.Random(12)
+        layer = out + ".layer"
+        with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tf:
+            for d in ("bin", "usr", "usr/lib"):
+                ti = tarfile.TarInfo(d)
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(ti)
+            chunk = 16 * MiB
+            for i in range(max(1, size_mb * MiB // chunk)):
+                data = rng.randbytes(chunk)
+                ti = tarfile.TarInfo(f"usr/lib/blob-{i:04d}")
+                ti.size, ti.mode = len(data), 0o644
+                tf.addfile(ti, io.BytesIO(data))
+        h = hashlib.sha256()
+        with open(layer, "rb") as f:
+            for block in iter(lambda: f.read(MiB), b""):
+                h.update(block)
+        diff_id = "sha256:" + h.hexdigest()
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "config": {"Cmd": ["/bin/true"]},
+                             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        manifest = json.dumps([{"Config": config_name, "RepoTags": ["bench/share:1"],
+                                "Layers": [h.hexdigest() + "/layer.tar"]}]).encode()
+        with tarfile.open(out + ".tmp", "w") as tf:
+            for name, data in ((config_name, config), ("manifest.json", manifest)):
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+            tf.add(layer, arcname=h.hexdigest() + "/layer.tar")
+        os.replace(out + ".tmp", out)
+        os.unlink(layer)
+    config = ContainerConfig(cmd=["/bin/true"], architecture="amd64", os="linux")
+    return out, image_properties(config, "share")
+
+
 def du_bytes(path):
     out = subprocess.run(["du", "-s", "--block-size=1", path], capture_output=True, text=True)
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
 
-def run_mode(lv, base, image, props, images_type, count, workdir, root_gb):
+def run_mode(lv, base, image, props, images_type, count, workdir, root_gb, disk_format="qcow2",
+             unpack_per_instance=False):
     """Spawn-side steps for ``count`` instances, one after the other; a list of
-    per-instance dicts (seconds per step, disk bytes of the instance dir)."""
+    per-instance dicts (seconds per step, disk bytes of the instance dir).
+    ``unpack_per_instance``: after the driver's steps, the image is unpacked
+    again into the instance directory (the proposal's per-instance copy of
+    the filesystem, by the same safe unpack code)."""
     from nova.conf import CONF
     from nova.network import model as network_model
     from nova.virt.libvirt import blockinfo
     from nova.virt.libvirt import driver as libvirt_driver
 
+    from nova_image_handler import unpack
     from tests.nova import libvirtkit as kit
 
     inst_path = tempfile.mkdtemp(prefix=f"spawn-{images_type}-", dir=workdir)
@@ -100,7 +152,9 @@ def run_mode(lv, base, image, props, images_type, count, workdir, root_gb):
     with kit.NovaCompute(lv, inst_path, base) as nc:
         CONF.set_override("images_type", images_type, group="libvirt")
         try:
-            image_id = nc.images.add(image, props, "qcow2")
+            image_id = nc.images.add(image, props, disk_format,
+                                     container_format="docker" if disk_format == "raw"
+                                     else "bare")
             drv = nc.driver
             for i in range(count):
                 ctx, inst = nc.instance(image_id, root_gb=root_gb)
@@ -121,26 +175,35 @@ def run_mode(lv, base, image, props, images_type, count, workdir, root_gb):
                 drv._create_configdrive(ctx, inst, injection)
                 t4 = time.monotonic()
                 inst_dir = os.path.join(inst_path, inst.uuid)
-                rows.append({"spec": t1 - t0, "image": t2 - t1, "xml": t3 - t2,
-                             "configdrive": t4 - t3, "total": t4 - t0,
+                if unpack_per_instance:
+                    unpack.ensure_tree(os.path.join(inst_dir, "rootfs-copy"), image_id,
+                                       drv._root_base_path(image_id), read_only_mount=False)
+                t5 = time.monotonic()
+                rows.append({"spec": t1 - t0, "image": t2 - t1 + t5 - t4, "xml": t3 - t2,
+                             "configdrive": t4 - t3, "total": t5 - t0,
                              "inst_bytes": du_bytes(inst_dir)})
-                if images_type == "flat":
+                if images_type == "flat" or unpack_per_instance:
                     shutil.rmtree(inst_dir)          # bounded disk use (see docstring)
                 drv._specs.pop(inst.uuid, None)
             base_bytes = du_bytes(os.path.join(inst_path, "_base"))
+            share_dir = os.path.join(inst_path, unpack.DEFAULT_DIR_NAME)
+            if os.path.isdir(share_dir):
+                base_bytes += du_bytes(share_dir)
+                # the handler's cache pass: unmount and remove the tree
+                drv.handler("share").manage_cache(set())
         finally:
             CONF.clear_override("images_type", group="libvirt")
     shutil.rmtree(inst_path, ignore_errors=True)
     return rows, base_bytes
 
 
-def summarize(rows, base_bytes, counts, flat):
+def summarize(rows, base_bytes, counts, deleted):
     out = []
     for n in counts:
         part = rows[:n]
         total = sum(r["total"] for r in part)
         rest = part[1:]
-        inst_bytes = (rows[0]["inst_bytes"] * n) if flat else sum(r["inst_bytes"] for r in part)
+        inst_bytes = (rows[0]["inst_bytes"] * n) if deleted else sum(r["inst_bytes"] for r in part)
         out.append({
             "n": n, "total_s": total,
             "first_s": part[0]["total"],
@@ -161,7 +224,7 @@ def print_table(results, size_mb):
           "| disk image step, further (mean) s | host disk GiB |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for n_idx in range(len(results["docker2vm"])):
-        for name in ("docker2vm", "per-instance copy"):
+        for name in results:
             r = results[name][n_idx]
             rest = "-" if r["rest_mean_s"] is None else f"{r['rest_mean_s']:.3f}"
             img = "-" if r["image_mean_rest_s"] is None else f"{r['image_mean_rest_s']:.3f}"
@@ -169,9 +232,11 @@ def print_table(results, size_mb):
                   f"| {img} | {r['disk_gib']:.2f} |")
     print()
     last = {k: v[-1] for k, v in results.items()}
-    if last["docker2vm"]["rest_mean_s"] and last["per-instance copy"]["rest_mean_s"]:
-        print("each further instance: per-instance copy / docker2vm = %.1fx"
-              % (last["per-instance copy"]["rest_mean_s"] / last["docker2vm"]["rest_mean_s"]))
+    for ours, theirs in (("docker2vm", "per-instance copy"),
+                         ("docker2vm share", "share, unpack per instance")):
+        if ours in last and last[ours]["rest_mean_s"] and last[theirs]["rest_mean_s"]:
+            print("each further instance: %s / %s = %.1fx"
+                  % (theirs, ours, last[theirs]["rest_mean_s"] / last[ours]["rest_mean_s"]))
 
 
 def plot(raw, path):
@@ -183,8 +248,10 @@ def plot(raw, path):
         print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, style in (("docker2vm", "o-"), ("per-instance copy", "s-")):
-        rows = raw[name]
+    styles = {"docker2vm": "o-", "per-instance copy": "s-", "docker2vm share": "^-",
+              "share, unpack per instance": "v-"}
+    for name in raw:
+        rows, style = raw[name], styles.get(name, ".-")
         xs = list(range(1, len(rows) + 1))
         cum, acc = [], 0.0
         for r in rows:
@@ -215,6 +282,9 @@ def main(argv=None):
     ap.add_argument("--size-mb", type=int, default=1024, help="rootfs data size (default 1024)")
     ap.add_argument("--workdir", default=None, help="where instances go (default: a temp dir "
                     "under .cache/bench-nova-spawn)")
+    ap.add_argument("--share", action="store_true",
+                    help="also docker_delivery=share: unpack once per host (docker2vm) against "
+                         "an unpack into every instance directory")
     ap.add_argument("--json", action="store_true", help="print raw results as JSON")
     ap.add_argument("--plot", metavar="PNG", help="also draw the curves (needs matplotlib)")
     args = ap.parse_args(argv)
@@ -239,11 +309,19 @@ def main(argv=None):
     lv = Libvirtd()
     try:
         lv.start()
-        for name, images_type in (("docker2vm", "qcow2"), ("per-instance copy", "flat")):
-            rows, base_bytes = run_mode(lv, base, image, props, images_type, max(counts), workdir,
-                                        root_gb)
+        modes = [("docker2vm", "qcow2", image, props, "qcow2", False),
+                 ("per-instance copy", "flat", image, props, "qcow2", False)]
+        if args.share:
+            archive, sprops = make_share_archive(args.size_mb)
+            modes += [("docker2vm share", "qcow2", archive, sprops, "raw", False),
+                      ("share, unpack per instance", "qcow2", archive, sprops, "raw", True)]
+        for name, images_type, img, prp, fmt, per_instance in modes:
+            rows, base_bytes = run_mode(lv, base, img, prp, images_type, max(counts), workdir,
+                                        root_gb, disk_format=fmt,
+                                        unpack_per_instance=per_instance)
             raw[name] = rows
-            results[name] = summarize(rows, base_bytes, counts, images_type == "flat")
+            results[name] = summarize(rows, base_bytes, counts,
+                                      images_type == "flat" or per_instance)
     finally:
         lv.stop()
         shutil.rmtree(workdir, ignore_errors=True)
