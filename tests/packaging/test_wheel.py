@@ -212,6 +212,9 @@ def test_fresh_venv_glance_side(fresh_venv):
     assert "[docker_convert]" in r.stdout and "[docker_limits]" in r.stdout
     r = _run([str(fresh_venv / "bin" / "docker2vm"), "--help"])
     assert "base-image" in r.stdout
+    etc = fresh_venv / "share" / "docker2vm" / "etc"
+    assert (etc / "metadefs" / "docker2vm-container.json").is_file()
+    assert (etc / "glance-api-paste.docker-convert.ini").is_file()
 
 
 @pytest.mark.slow
