@@ -18,8 +18,7 @@ import os
 
 from oslo_concurrency import processutils
 
-from nova_image_handler import errors
-from nova_image_handler import guestxml
+from nova_image_handler import errors, guestxml
 
 OVERLAY_NAME = "disk.docker2vm-base"
 

@@ -7,8 +7,9 @@ root of the drive, rendered from the image's configuration and the
 server metadata overrides (``docker_cmd``, ``docker_env``, ...).
 """
 
-from docker_rootfs.guest import contract
 from nova.api.metadata import base as instance_metadata
+
+from docker_rootfs.guest import contract
 
 
 def guest_files(spec, handler, instance, stop_timeout):

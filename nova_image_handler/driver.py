@@ -32,24 +32,19 @@ import os
 import re
 import shutil
 
-from oslo_log import log as logging
-
-from docker_rootfs.guest import contract
 from nova import exception
 from nova.compute import power_state
-from nova.objects import fields
 from nova.conf import CONF
+from nova.objects import fields
 from nova.virt import configdrive as nova_configdrive
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import imagecache
 from nova.virt.libvirt import utils as libvirt_utils
+from oslo_log import log as logging
 
-from nova_image_handler import basevm
+from docker_rootfs.guest import contract
+from nova_image_handler import basevm, configdrive, errors, guestxml, handlers
 from nova_image_handler import conf as d2v_conf
-from nova_image_handler import configdrive
-from nova_image_handler import errors
-from nova_image_handler import guestxml
-from nova_image_handler import handlers
 from nova_image_handler import spec as spec_mod
 
 LOG = logging.getLogger(__name__)

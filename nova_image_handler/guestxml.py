@@ -25,7 +25,6 @@ a complete domain XML::
 """
 
 from lxml import etree
-
 from nova.virt.libvirt import config as vconfig
 
 ROOT_DEV = "vda"

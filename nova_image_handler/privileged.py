@@ -6,9 +6,8 @@ In-process callers that are root already (tests) can set the context's
 ``client_mode = False``, as Nova's own tests do.
 """
 
-from oslo_concurrency import processutils
-
 import nova.privsep
+from oslo_concurrency import processutils
 
 
 @nova.privsep.sys_admin_pctxt.entrypoint

@@ -17,7 +17,6 @@ import os
 
 from docker_rootfs import errors as core_errors
 from docker_rootfs import properties as contract
-
 from nova_image_handler import errors
 
 STATE_FILE = "docker2vm.json"

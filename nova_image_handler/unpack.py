@@ -72,8 +72,7 @@ def is_mount(path):
 def ensure_read_only(path):
     if is_read_only(path):
         return
-    from nova_image_handler import privileged
-    from nova_image_handler import errors
+    from nova_image_handler import errors, privileged
     try:
         privileged.readonly_bind_mount(path)
     except Exception as exc:

@@ -9,7 +9,6 @@ gives that disk the serial the guest looks for.
 """
 
 from docker_rootfs.guest.contract import RootfsDelivery
-
 from nova_image_handler import guestxml
 from nova_image_handler.handlers import base
 

@@ -14,12 +14,10 @@ virtiofs itself cannot export read-only with QEMU 7.2 / libvirt 9.0.
 
 import os
 
-from docker_rootfs.guest.contract import RootfsDelivery
 from nova.conf import CONF as NOVA_CONF
 
-from nova_image_handler import errors
-from nova_image_handler import guestxml
-from nova_image_handler import unpack
+from docker_rootfs.guest.contract import RootfsDelivery
+from nova_image_handler import errors, guestxml, unpack
 from nova_image_handler.handlers import base
 
 

@@ -14,16 +14,14 @@ from unittest import mock
 import fixtures
 import os_vif
 from lxml import etree
-from oslo_utils.fixture import uuidsentinel as uuids
-
 from nova import context as nova_context
-from nova import objects
-from nova import test
+from nova import objects, test
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.virt import fake as fake_virt
 from nova.virt.libvirt import blockinfo
 from nova.virt.libvirt import driver as libvirt_driver
+from oslo_utils.fixture import uuidsentinel as uuids
 
 from docker_rootfs import properties as contract
 from docker_rootfs.config import ContainerConfig

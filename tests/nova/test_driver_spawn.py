@@ -9,7 +9,6 @@ import time
 from unittest import mock
 
 import pytest
-
 from nova import objects
 from nova.compute import power_state
 from nova.virt import hardware
@@ -17,9 +16,8 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import imagecache
 
 from docker_rootfs.guest import contract
-from nova_image_handler import errors
+from nova_image_handler import errors, unpack
 from nova_image_handler import spec as spec_mod
-from nova_image_handler import unpack
 from tests.core import layerkit, ocikit
 from tests.nova import novakit
 

@@ -5,9 +5,8 @@ import subprocess
 
 import pytest
 
-from nova_image_handler import guestxml
+from nova_image_handler import guestxml, unpack
 from nova_image_handler import spec as spec_mod
-from nova_image_handler import unpack
 from tests.nova import novakit
 from tests.nova.novakit import parse
 

@@ -9,10 +9,9 @@ import warnings
 
 import fixtures
 import pytest
-from sqlalchemy import exc as sqlalchemy_exc
-
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.libvirt import base
+from sqlalchemy import exc as sqlalchemy_exc
 
 from tests.nova import novakit
 from tests.nova.novakit import parse
@@ -142,6 +141,7 @@ class Docker2VMServersTest(base.ServersTestBase):
     def test_share_lifecycle(self):
         from nova.conf import CONF
         from nova.virt.libvirt import imagecache
+
         from nova_image_handler import unpack
         from tests.nova.test_driver_spawn import hostile_entries, oci_archive
         virtiofsd = os.path.join(self.useFixture(fixtures.TempDir()).path, "virtiofsd")
@@ -175,6 +175,7 @@ class Docker2VMServersTest(base.ServersTestBase):
     def test_share_with_a_bad_archive_fails_cleanly(self):
         from nova.conf import CONF
         from nova.virt.libvirt import imagecache
+
         from nova_image_handler import unpack
         self.flags(share_driver="9p", group="docker2vm")
         base_dir = os.path.join(CONF.instances_path, "_base")

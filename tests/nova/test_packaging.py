@@ -8,7 +8,6 @@ import sys
 import zipfile
 
 import pytest
-
 from nova.virt import driver as virt_driver
 
 from nova_image_handler import handlers
