@@ -256,22 +256,6 @@ class Tree:
             stack.extend(reversed(subdirs))
 
 
-class CountingWriter:
-    """``write``/``tell`` for any binary sink (pipes too) for tarfile's "w:" mode."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self._pos = 0
-
-    def write(self, data):
-        self._raw.write(data)
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self):
-        return self._pos
-
-
 def _tarinfo(path, node):
     ti = tarfile.TarInfo(path)
     ti.mode = node.mode
@@ -299,22 +283,85 @@ def _hardlink(path, primary, node):
     return ti
 
 
-class _NotifyingTarFile:
-    """``addfile`` that also reports each member and where its data starts."""
+class TarWriter:
+    """Writes a PAX tar, byte for byte what ``tarfile`` writes in
+    ``PAX_FORMAT`` (utf-8, surrogateescape), with a fast path for the common
+    member that fits a plain ustar header, and small members written in one
+    call. ``notify(tarinfo, data_offset)``, if given, is called after each
+    member."""
 
-    def __init__(self, tf, notify):
-        self._tf = tf
+    def __init__(self, out, notify=None):
+        self._out = out
         self._notify = notify
+        self.offset = 0
 
     def addfile(self, ti, fileobj=None):
-        before = self._tf.offset
-        self._tf.addfile(ti, fileobj)
-        size = ti.size if ti.isreg() else 0
-        padded = (size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
-        self._notify(ti, self._tf.offset - padded)
+        header = _ustar_header(ti) or ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        size = ti.size if ti.type in tarfile.REGULAR_TYPES else 0
+        pad = -size % tarfile.BLOCKSIZE
+        data_offset = self.offset + len(header)
+        if size <= SMALL_MEMBER:
+            data = fileobj.read(size) if size else b""
+            if len(data) != size:
+                raise errors.ArchiveError(f"{ti.name}: file data ended early")
+            self._out.write(header + data + bytes(pad))
+        else:
+            self._out.write(header)
+            left = size
+            while left:
+                data = fileobj.read(min(COPY_CHUNK, left))
+                if not data:
+                    raise errors.ArchiveError(f"{ti.name}: file data ended early")
+                self._out.write(data)
+                left -= len(data)
+            if pad:
+                self._out.write(bytes(pad))
+        self.offset = data_offset + size + pad
+        if self._notify is not None:
+            self._notify(ti, data_offset)
 
     def close(self):
-        self._tf.close()
+        """End-of-archive blocks, padded to tarfile's record size."""
+        end = self.offset + 2 * tarfile.BLOCKSIZE
+        self._out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+
+
+SMALL_MEMBER = 64 * 1024
+_USTAR_TYPES = {tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE}
+
+
+def _ustar_header(ti):
+    """The ustar block ``tarfile`` writes for ``ti`` in PAX_FORMAT when it
+    needs no extended header; None when it does (or for anything unusual)."""
+    if ti.pax_headers or ti.type not in _USTAR_TYPES or not isinstance(ti.mtime, int):
+        return None
+    name = ti.name + "/" if ti.type == tarfile.DIRTYPE and not ti.name.endswith("/") else ti.name
+    try:
+        bname = name.encode("ascii")
+        blink = ti.linkname.encode("ascii")
+        buname = ti.uname.encode("ascii")
+        bgname = ti.gname.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    size = ti.size if ti.type == tarfile.REGTYPE else 0
+    if (len(bname) > 100 or len(blink) > 100 or len(buname) > 32 or len(bgname) > 32
+            or not 0 <= ti.uid < 0o7777777 + 1 or not 0 <= ti.gid < 0o7777777 + 1
+            or not 0 <= size < 0o77777777777 + 1 or not 0 <= ti.mtime < 0o77777777777 + 1):
+        return None
+    if ti.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        if not (0 <= ti.devmajor <= 0o7777777 and 0 <= ti.devminor <= 0o7777777):
+            return None
+        dev = b"%07o\0%07o\0" % (ti.devmajor, ti.devminor)
+    else:
+        dev = bytes(16)
+    buf = bytearray(b"".join((
+        bname.ljust(100, b"\0"), b"%07o\0" % (ti.mode & 0o7777), b"%07o\0" % ti.uid,
+        b"%07o\0" % ti.gid, b"%011o\0" % size, b"%011o\0" % ti.mtime, b"        ",
+        ti.type, blink.ljust(100, b"\0"), tarfile.POSIX_MAGIC, buname.ljust(32, b"\0"),
+        bgname.ljust(32, b"\0"), dev)).ljust(tarfile.BLOCKSIZE, b"\0"))
+    buf[148:155] = b"%06o\0" % sum(buf)
+    return bytes(buf)
 
 
 class SparseReader:
@@ -417,11 +464,7 @@ class Flattener:
         primary = {}          # id(inode) -> first path written (or planned) for it
         later = {}            # id(inode) -> [extra paths] for regular files
         by_layer = {}         # layer index -> {data offset: (path, inode)}
-        tf = tarfile.open(fileobj=CountingWriter(out), mode="w:", format=tarfile.PAX_FORMAT,
-                          copybufsize=COPY_CHUNK, encoding="utf-8", errors="surrogateescape")
-        notify = getattr(out, "member_written", None)
-        if notify is not None:
-            tf = _NotifyingTarFile(tf, notify)
+        tf = TarWriter(out, getattr(out, "member_written", None))
         # Pass A: everything without content, parents before children.
         for path, node in tree.walk():
             key = id(node)
