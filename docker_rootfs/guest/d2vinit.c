@@ -463,8 +463,9 @@ static void read_instance_metadata(const char *path, const char *type)
     apply_overrides();
 }
 
-/* BUNDLE: the configuration is baked in and the config drive is optional. */
-static void read_config_drive(int bundle)
+/* BUNDLE: the configuration is baked in and the config drive is optional.
+ * 1 when a config drive was read. */
+static int read_config_drive(int bundle)
 {
     char dev[64] = "";
     const char *type = find_config_drive("vd", dev, sizeof dev);
@@ -479,16 +480,16 @@ static void read_config_drive(int bundle)
                !(type = find_config_drive("sd", dev, sizeof dev)) && now() < until)
             usleep(20000);
     }
-    if (!type && bundle) { dbg("no config drive: baked-in configuration"); return; }
+    if (!type && bundle) { dbg("no config drive"); return 0; }
     if (!type) die("no config drive (iso9660 or vfat labelled config-2) found");
     if (debug) { char b[128]; snprintf(b, sizeof b, "config drive: %s (%s)", dev, type); dbg(b); }
     char path[80];
     snprintf(path, sizeof path, "/dev/%s", dev);
-    if (bundle) { read_instance_metadata(path, type); dbg("config drive read"); return; }
+    if (bundle) { read_instance_metadata(path, type); dbg("config drive read"); return 1; }
     if (!strcmp(type, "iso9660")) {
         int r = iso_read_joliet(path, CFG);
         if (r == -2) die("config drive %s has no docker2vm/ directory", path);
-        if (r == 0) { dbg("config drive read"); return; }
+        if (r == 0) { dbg("config drive read"); return 1; }
         need_group("iso9660", "iso9660");   /* no Joliet tree: the kernel reads it */
     } else need_group("vfat", "vfat");
     if (mount(path, "/mnt/cfg", type, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
@@ -501,6 +502,76 @@ static void read_config_drive(int bundle)
     copy_dir("/mnt/cfg/docker2vm", CFG);
     umount("/mnt/cfg");
     dbg("config drive read");
+    return 1;
+}
+
+/* GET http://169.254.169.254/PATH into DST (the OpenStack metadata service,
+ * for a bundle booted without a config drive): 0, or -1 (unreachable within
+ * the timeouts, not 200, or too big). */
+#define MDS_ADDR "169.254.169.254"
+#define MDS_MAX (1 << 20)
+
+static int http_get(const char *path, const char *dst)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(80) };
+    inet_pton(AF_INET, MDS_ADDR, &a.sin_addr);
+    struct pollfd pf = { .fd = fd, .events = POLLOUT };
+    int err = 0;
+    socklen_t el = sizeof err;
+    if ((connect(fd, (struct sockaddr *)&a, sizeof a) && errno != EINPROGRESS) ||
+        poll(&pf, 1, 1000) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) || err) {
+        close(fd);
+        return -1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: " MDS_ADDR "\r\n\r\n", path);
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap + 1);
+    int ok = write(fd, req, n) == n;
+    pf.events = POLLIN;
+    while (ok) {
+        if (poll(&pf, 1, 3000) != 1) { ok = 0; break; }
+        if (len == cap) {
+            if (cap >= MDS_MAX) { ok = 0; break; }
+            buf = realloc(buf, (cap *= 2) + 1);
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        if (r <= 0) break;
+        len += r;
+    }
+    close(fd);
+    buf[len] = 0;
+    char *body = strstr(buf, "\r\n\r\n");
+    ok = ok && body && !strncmp(buf, "HTTP/1.", 7) && !strncmp(buf + 8, " 200", 4);
+    if (ok) {
+        body += 4;
+        int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        size_t bl = len - (size_t)(body - buf);
+        ok = out >= 0 && write(out, body, bl) == (ssize_t)bl;
+        if (out >= 0) close(out);
+    }
+    free(buf);
+    return ok ? 0 : -1;
+}
+
+static void apply_overrides(void);
+
+/* A bundle without a config drive: the same two files from the metadata
+ * service, once the network is up. 1 when meta_data.json was read. */
+static int read_metadata_service(void)
+{
+    mkdir_p(MD);
+    if (http_get("/openstack/latest/meta_data.json", MD "/meta_data.json")) {
+        dbg("no metadata service");
+        return 0;
+    }
+    http_get("/openstack/latest/user_data", MD "/user_data");   /* 404 without user data */
+    apply_overrides();
+    dbg("metadata service read");
+    return 1;
 }
 
 /* -- a bundle's overrides: a small JSON reader ------------------------------
@@ -1399,7 +1470,7 @@ static void __attribute__((noreturn)) boot(void)
     /* A bundle's docker2vm/ files are baked into its second initrd. */
     int bundle = access(BUNDLE "/rootfs", F_OK) == 0;
     if (bundle) copy_dir(BUNDLE, CFG);
-    read_config_drive(bundle);
+    int have_drive = read_config_drive(bundle);
     char *hostname = line_of(CFG, "hostname");
     if (*hostname) sethostname(hostname, strlen(hostname));
     mount_root();
@@ -1409,6 +1480,11 @@ static void __attribute__((noreturn)) boot(void)
     if (missing) msg("docker2vm: no DHCP lease on %d of %d NICs after %.0fs; going on",
                      missing, dhcp_nics(), DHCP_WAIT);
     dbg("network ready");
+    if (bundle && !have_drive && dhcp_nics() > missing && read_metadata_service()) {
+        free(hostname);
+        hostname = line_of(CFG, "hostname");
+        if (*hostname) sethostname(hostname, strlen(hostname));
+    }
     network_files(hostname);
     char *spec = line_of(CFG, "user");
     struct ids ids;

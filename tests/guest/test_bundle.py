@@ -326,3 +326,58 @@ def test_guest_bad_override_is_one_error_and_125(d2vinit_host, tmp_path, meta, e
     lines = p.stderr.strip().splitlines()
     assert lines[0].startswith("docker2vm: error: " + error), p.stderr
     assert lines[-1] == "docker2vm: exit status 125"
+
+
+MDS_SERVER = r"""import os, sys
+root = sys.argv[1]
+line = sys.stdin.buffer.readline().decode()
+while sys.stdin.buffer.readline() not in (b"\r\n", b"\n", b""):
+    pass
+path = os.path.join(root, line.split()[1].lstrip("/"))
+out = sys.stdout.buffer
+if line.startswith("GET ") and os.path.isfile(path):
+    body = open(path, "rb").read()
+    out.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+else:
+    out.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+out.flush()
+"""
+
+
+@dataclasses.dataclass
+class MetadataServiceMachine(FirmwareMachine):
+    """User-mode networking on 169.254.169.0/24 with a metadata service at
+    169.254.169.254:80 (a guestfwd to a tiny HTTP responder over ``root``)."""
+    mds: tuple = ()                # (server script, directory)
+
+    def command(self, workdir, monitor=None):
+        cmd = super().command(workdir, monitor)
+        script, root = self.mds
+        i = cmd.index("user,id=n0")
+        cmd[i] = (f"user,id=n0,net=169.254.169.0/24,"
+                  f"guestfwd=tcp:169.254.169.254:80-cmd:{sys.executable} {script} {root}")
+        return cmd
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_bios_boot_metadata_service(app, tmp_path):
+    """No config drive: the guest reads Nova's meta_data.json and user_data
+    from the metadata service (169.254.169.254) once DHCP is up."""
+    root = tmp_path / "mds"
+    files = configdrive.metadata_files(
+        "uuid-mds", "bundle-mds", meta={"docker_cmd": json.dumps(["from-metadata-service"])},
+        user_data=json.dumps({"docker_env": {"UD": "from-mds-user-data"}}).encode())
+    for rel in ("openstack/latest/meta_data.json", "openstack/latest/user_data"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(files[rel])
+    script = tmp_path / "mds.py"
+    script.write_text(MDS_SERVER)
+    disk = images.instance_disk(app, tmp_path / "disk.qcow2")
+    machine = MetadataServiceMachine(kernel="", boot_disk=str(disk), mds=(str(script), str(root)))
+    boot = qemu.boot(machine, timeout=300)
+    assert not boot.timed_out and boot.returncode == 0, boot.text
+    assert boot.first(lambda l: l == "BUNDLE-OK from-metadata-service FOO=bar BAZ= "
+                                     "UD=from-mds-user-data") is not None, boot.text
+    assert images.console_kv(boot)["HOST"] == "bundle-mds PWD=/work", boot.text
+    assert _status_last(boot) == "docker2vm: exit status 3"
