@@ -74,7 +74,7 @@ def ensure_read_only(path):
         return
     from nova_image_handler import errors, privileged
     try:
-        privileged.readonly_bind_mount(path)
+        privileged.run("readonly_bind_mount", path)
     except Exception as exc:
         raise errors.HostError(
             reason=f"cannot make the share tree {path} a read-only bind mount ({exc}); "
@@ -86,11 +86,19 @@ def ensure_read_only(path):
 
 
 def remove_tree(path):
-    """Unmount (if mounted) and remove one tree."""
+    """Unmount (if mounted) and remove one tree (root-owned: as root)."""
+    from nova_image_handler import privileged
+    privileged.run("remove_tree", path)
+
+
+def remove_tree_as_root(path):
     if os.path.isdir(path) and is_mount(path):
         from nova_image_handler import privileged
-        privileged.umount(path)
-    shutil.rmtree(path, ignore_errors=True)
+        privileged.umount_local(path)
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def ensure_tree(share_dir, image_id, archive_path, limits=None, read_only_mount=True):
@@ -105,7 +113,9 @@ def ensure_tree(share_dir, image_id, archive_path, limits=None, read_only_mount=
 
 
 def _ensure_tree(share_dir, image_id, archive_path, limits=None):
-    from docker_rootfs.archive import open_image
+    import dataclasses
+
+    from nova_image_handler import privileged
 
     os.makedirs(share_dir, mode=0o700, exist_ok=True)
     path = tree_path(share_dir, image_id)
@@ -118,26 +128,41 @@ def _ensure_tree(share_dir, image_id, archive_path, limits=None):
             _touch(path)
             return path
         started = time.monotonic()
-        tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + name + ".", dir=share_dir)
-        tar_path = tmp + ".tar"
-        try:
-            with open_image(archive_path, limits=limits, tmpdir=share_dir,
-                            tmp_prefix=TMP_PREFIX) as img, open(tar_path, "wb") as out:
-                img.flatten(out)
-            root = os.path.join(tmp, "root")
-            os.mkdir(root)
-            with tarfile.open(tar_path) as tf:
-                tf.extractall(root, numeric_owner=True, filter=_safe_filter)
-            os.chmod(root, 0o755)
-            os.rename(root, path)
-            _touch(path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if os.path.exists(tar_path):
-                os.unlink(tar_path)
+        # as root (privsep unless we are root): the image's file ownership
+        # is kept, and the tree is root's, so only root removes it
+        privileged.run("build_tree", share_dir, name, archive_path,
+                       dataclasses.asdict(limits) if limits is not None else None)
+        _touch(path)
         LOG.info("docker2vm: unpacked image %s into %s in %.1f s", image_id, path,
                  time.monotonic() - started)
     return path
+
+
+def build_tree_as_root(share_dir, name, archive_path, limits=None):
+    """Unpack ``archive_path`` into ``share_dir/name`` (atomically: a temporary
+    next to it, renamed when complete). ``limits``: a dict of
+    :class:`docker_rootfs.limits.Limits` fields."""
+    from docker_rootfs.archive import open_image
+    from docker_rootfs.limits import Limits
+
+    limits = Limits(**limits) if limits is not None else None
+    path = os.path.join(share_dir, name)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + name + ".", dir=share_dir)
+    tar_path = tmp + ".tar"
+    try:
+        with open_image(archive_path, limits=limits, tmpdir=share_dir,
+                        tmp_prefix=TMP_PREFIX) as img, open(tar_path, "wb") as out:
+            img.flatten(out)
+        root = os.path.join(tmp, "root")
+        os.mkdir(root)
+        with tarfile.open(tar_path) as tf:
+            tf.extractall(root, numeric_owner=True, filter=_safe_filter)
+        os.chmod(root, 0o755)
+        os.rename(root, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tar_path):
+            os.unlink(tar_path)
 
 
 def _stamp(path):
@@ -183,10 +208,7 @@ def remove_unused(share_dir, used_image_ids, min_age_seconds, now=None):
             else entry
         with lockutils.lock("docker2vm-share-" + name, external=True, lock_path=share_dir):
             LOG.info("docker2vm: removing unused share tree %s", path)
-            if os.path.isdir(path):
-                remove_tree(path)
-            elif os.path.exists(path):
-                os.unlink(path)
+            remove_tree(path)
             if os.path.exists(_stamp(path)):
                 os.unlink(_stamp(path))
         removed.append(path)

@@ -120,6 +120,8 @@ class DriverTestCase(test.NoDBTestCase):
         self.flags(virtiofsd_path=self.virtiofsd, group="docker2vm")
         # mounts need root and a private mount namespace: test_share_mount.py
         self.flags(share_readonly_mount=False, group="docker2vm")
+        # root-only steps (share unpack, removal) in this process, not privsep
+        self.stub_out("nova_image_handler.privileged.is_root", lambda: True)
         self.images = {}       # image id -> properties (the image API)
 
     # -- drivers -------------------------------------------------------------

@@ -35,6 +35,7 @@ def hostile_entries():
     return [e("bin", "dir"), e("bin/sh", data=b"#!shell\n", mode=0o755),
             e("bin/su", data=b"su", mode=0o4755),
             e("etc", "dir"), e("etc/passwd", data=b"root:x:0:0::/root:/bin/sh\n"),
+            e("home", "dir"), e("home/app", "dir", uid=1234, gid=1234, mode=0o700),
             e("abs", "sym", link="/etc/passwd"),
             e("up", "sym", link="../../../../etc"),
             e("dev", "dir"), e("dev/sda", "chr", major=8, minor=0),
@@ -299,6 +300,9 @@ class TestShare(SpawnTestCase):
         self.assertFalse(os.path.exists(os.path.join(tree, "dev/sda")))
         self.assertFalse(os.path.exists(os.path.join(tree, "dev/fifo")))
         self.assertFalse(os.stat(os.path.join(tree, "bin/su")).st_mode & 0o4000)
+        if os.geteuid() == 0:         # ownership is kept (unpacked as root)
+            st = os.stat(os.path.join(tree, "home/app"))
+            self.assertEqual((st.st_uid, st.st_gid, st.st_mode & 0o777), (1234, 1234, 0o700))
         self.assertEqual(os.stat(self.share_dir).st_mode & 0o777, 0o700)
 
     def test_prepare_then_xml_points_at_the_tree(self):
@@ -331,12 +335,32 @@ class TestShare(SpawnTestCase):
     def test_read_only_mount_failure_names_the_option(self):
         oci_archive(self.archive, hostile_entries())
         from nova_image_handler import privileged
-        with mock.patch.object(privileged, "readonly_bind_mount",
-                               side_effect=OSError("mount: permission denied")):
+        real_run = privileged.run
+
+        def run(name, *args):
+            if name == "readonly_bind_mount":
+                raise OSError("mount: permission denied")
+            return real_run(name, *args)
+        with mock.patch.object(privileged, "run", side_effect=run):
             exc = self.assertRaises(errors.HostError, unpack.ensure_tree, self.share_dir,
                                     novakit.IMAGE_ID, self.archive)
         self.assertIn("share_readonly_mount", exc.format_message())
         self.assertIn("permission denied", exc.format_message())
+
+    def test_root_steps_go_through_privsep_when_not_root(self):
+        from nova_image_handler import privileged
+        self.stub_out("nova_image_handler.privileged.is_root", lambda: False)
+        with mock.patch.object(privileged, "build_tree") as entry, \
+                mock.patch.object(privileged, "build_tree_local") as local:
+            privileged.run("build_tree", "/s", "n", "/a", None)
+        entry.assert_called_once_with("/s", "n", "/a", None)
+        local.assert_not_called()
+        # and the entrypoints are Nova's sys_admin privsep context's
+        import nova.privsep
+        from oslo_privsep import priv_context
+        for name in ("build_tree", "remove_tree", "readonly_bind_mount", "umount"):
+            self.assertIs(getattr(getattr(privileged, name), priv_context._ENTRYPOINT_ATTR),
+                          nova.privsep.sys_admin_pctxt)
 
     def test_read_only_mount_checked_at_every_xml_build(self):
         self.flags(share_readonly_mount=True, group="docker2vm")

@@ -52,6 +52,7 @@ class Docker2VMServersTest(base.ServersTestBase):
                 f.write(b"\0" * 64)
         self.flags(base_kernel=self.kernel, base_initrd=self.initrd, group="docker2vm")
         self.flags(share_readonly_mount=False, group="docker2vm")
+        self.stub_out("nova_image_handler.privileged.is_root", lambda: True)
         props = novakit.container_properties("disk")
         self.glance.create(None, {"id": DOCKER_IMAGE, "name": "app", "disk_format": "qcow2",
                                   "container_format": "bare", "status": "active",
