@@ -235,6 +235,21 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
         self.handler(spec.delivery).prepare(context, instance, spec,
                                             self._root_base_path(spec.image_id))
 
+    def _create_images_and_backing(self, context, instance, instance_dir, disk_info,
+                                   fallback_from_host=None):
+        """Hard reboot, power-on and migrations re-create missing backing files
+        of the disks in the XML, fetching ``instance.image_ref`` for any qcow2
+        backing: for the base_vm_image overlay that would download the
+        container image into ``_base/<name of base_vm_image>``. Our overlay
+        is ours to re-create (backing: the configured file), never Nova's."""
+        ours = [i for i in (disk_info or [])
+                if os.path.basename(i["path"]) == basevm.OVERLAY_NAME]
+        if ours:
+            disk_info = [i for i in disk_info if i not in ours]
+            self.base_vm().create_overlay(instance_dir)
+        return super()._create_images_and_backing(
+            context, instance, instance_dir, disk_info, fallback_from_host=fallback_from_host)
+
     # -- domain XML ----------------------------------------------------------
     def _get_guest_config(self, instance, network_info, image_meta, disk_info,
                           rescue=None, block_device_info=None, context=None,

@@ -482,6 +482,23 @@ def test_guest_files_validate_like_the_contract():
 
 class TestMigration(SpawnTestCase):
 
+    def test_hard_reboot_never_fetches_the_image_for_the_base_overlay(self):
+        # Nova re-creates missing backing files of the XML's disks on hard
+        # reboot / power-on, fetching image_ref for a qcow2 backing
+        self.flags(base_vm_image=self.boot_qcow2, group="docker2vm")
+        os.makedirs(self.inst_dir())
+        overlay = os.path.join(self.inst_dir(), "disk.docker2vm-base")
+        disk = os.path.join(self.inst_dir(), "disk")
+        info = [{"path": overlay, "type": "qcow2", "backing_file": self.boot_qcow2,
+                 "virt_disk_size": 1048576},
+                {"path": disk, "type": "qcow2", "backing_file": "/x/_base/abc",
+                 "virt_disk_size": 1073741824}]
+        with mock.patch.object(self.drv, "_try_fetch_image_cache") as fetch, \
+                mock.patch.object(self.drv, "_fetch_instance_kernel_ramdisk"):
+            self.drv._create_images_and_backing(self.context, self.inst, self.inst_dir(), info)
+        self.assertEqual([c.args[3] for c in fetch.call_args_list], ["abc"])
+        self.assertTrue(os.path.isfile(overlay))       # re-created from base_vm_image
+
     def test_finish_migration_path_reads_the_image_again(self):
         # resize / cold migration / unshelve: _create_image in a fresh instance
         # directory, no spec cached, no docker2vm.json copied
