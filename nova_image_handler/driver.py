@@ -76,6 +76,11 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
         self._image_api = None
         self._handlers = {}
         self._specs = {}           # instance uuid -> ContainerSpec (cache of docker2vm.json)
+        if CONF.docker2vm.stop_timeout >= CONF.shutdown_timeout:
+            LOG.warning("docker2vm: [docker2vm] stop_timeout (%s s) is not below "
+                        "[DEFAULT] shutdown_timeout (%s s): Nova will destroy stopping "
+                        "containers before their grace period ends",
+                        CONF.docker2vm.stop_timeout, CONF.shutdown_timeout)
 
     # -- helpers -------------------------------------------------------------
     @property
