@@ -78,7 +78,7 @@ class Cloud:
         self.compute_driver = compute_driver or os.environ.get(
             "DEVCLOUD_COMPUTE_DRIVER") or default_compute_driver()
         self.docker2vm_opts = dict(docker2vm_opts or {})
-        self._log = log or (lambda msg: print(f"devcloud: {msg}", file=sys.stderr, flush=True))
+        self._log = log or (lambda msg: (sys.stderr.write(f"devcloud: {msg}\n"), sys.stderr.flush()))
         self.t0 = time.monotonic()
         self.libvirtd = Libvirtd(self.path("libvirt"))
 
@@ -254,6 +254,7 @@ class Cloud:
         self.libvirtd.start()
         self.wait("mysql", lambda: self._mysql("SELECT 1") is not None, 60)
         self.create_databases()
+        self.setup_databases()
         self.start_keystone()
         self.bootstrap_keystone()
         self.start_glance()
@@ -473,7 +474,10 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                                 f"--socket={self.mysql_socket}", "--skip-networking",
                                 "--user=root", f"--pid-file={d}/mariadbd.pid",
                                 f"--log-error={self.logfile('mysql')}",
-                                "--max-connections=500", "--innodb-buffer-pool-size=64M"]):
+                                "--max-connections=500", "--innodb-buffer-pool-size=64M",
+                                # development data: no fsync per commit, small redo log
+                                "--innodb-flush-log-at-trx-commit=2",
+                                "--innodb-log-file-size=16M"]):
             self.log("MariaDB started (unix socket only)")
 
     def create_databases(self):
@@ -547,7 +551,19 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                    PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
         return self.spawn(name, cmd, env=env)
 
-    def start_keystone(self):
+    def setup_databases(self):
+        """Schema migrations and Keystone's bootstrap, once (stamps), the
+        four services' in parallel: they are independent databases, and
+        Nova's alone takes more than a minute."""
+        from concurrent.futures import ThreadPoolExecutor
+        steps = (self.setup_keystone_db, self.setup_glance_db, self.setup_placement_db,
+                 self.setup_nova_db)
+        with ThreadPoolExecutor(len(steps)) as ex:
+            futures = [ex.submit(step) for step in steps]
+        for f in futures:
+            f.result()
+
+    def setup_keystone_db(self):
         conf = self.path("etc", "keystone", "keystone.conf")
         manage = [venv_bin("keystone-manage"), "--config-file", conf]
         if not self.stamp("keystone-db"):
@@ -563,6 +579,8 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                                "--bootstrap-region-id", REGION],
                      what="keystone-manage bootstrap")
             self.set_stamp("keystone-db")
+
+    def start_keystone(self):
         if self.gunicorn("keystone", "keystone.wsgi.api:application",
                          self.ports["keystone"],
                          {"OS_KEYSTONE_CONFIG_DIR": self.path("etc", "keystone"),
@@ -616,23 +634,29 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                                       region_id=REGION)
         self.set_stamp("keystone-catalog")
 
-    def start_glance(self):
+    @property
+    def glance(self):
         from devcloud.glance import KeystoneGlance
-        g = KeystoneGlance(self.path("glance"), port=self.ports["glance"],
-                           database=self.db_url("glance"),
-                           authtoken=self.authtoken("glance"))
+        return KeystoneGlance(self.path("glance"), port=self.ports["glance"],
+                              database=self.db_url("glance"),
+                              authtoken=self.authtoken("glance"))
+
+    def setup_glance_db(self):
+        g = self.glance
+        g.write_config()
+        if not self.stamp("glance-db"):
+            self.log("glance: db_sync")
+            g.db_sync()
+            self.set_stamp("glance-db")
+
+    def start_glance(self):
+        g = self.glance
         if not self.pid("glance"):
-            g.write_config()
-            if not self.stamp("glance-db"):
-                self.log("glance: db_sync")
-                g.db_sync()
-                self.set_stamp("glance-db")
             self.gunicorn("glance", "glance.wsgi.api:application", self.ports["glance"],
                           g.env())
             self.log(f"glance started on {self.url('glance')}")
-        self.glance = g
 
-    def start_placement(self):
+    def setup_placement_db(self):
         conf_dir = self.path("etc", "placement")
         env = {"OS_PLACEMENT_CONFIG_DIR": conf_dir}
         if not self.stamp("placement-db"):
@@ -641,6 +665,9 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                       os.path.join(conf_dir, "placement.conf"), "db", "sync"],
                      env=env, what="placement-manage db sync")
             self.set_stamp("placement-db")
+
+    def start_placement(self):
+        env = {"OS_PLACEMENT_CONFIG_DIR": self.path("etc", "placement")}
         if self.gunicorn("placement", "placement.wsgi.api:application",
                          self.ports["placement"], env, threads=4):
             self.log(f"placement started on {self.url('placement')}")
@@ -656,10 +683,9 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
         return ["--config-file", os.path.join(etc, "nova.conf"),
                 "--config-file", os.path.join(etc, f"{svc}.conf")]
 
-    def start_nova(self):
+    def setup_nova_db(self):
         manage = [venv_bin("nova-manage")] + self.nova_args("nova-conductor")
         if not self.stamp("nova-db"):
-            self.wait("rabbitmq", self.rabbit_ready, 120)
             self.log("nova: api_db sync, cells, db sync (the slow part of a first up)")
             self.run(manage + ["api_db", "sync"], what="nova-manage api_db sync")
             self.run(manage + ["cell_v2", "map_cell0", "--database_connection",
@@ -672,6 +698,8 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
                          what="nova-manage create_cell")
             self.run(manage + ["db", "sync"], what="nova-manage db sync")
             self.set_stamp("nova-db")
+
+    def start_nova(self):
         etc = self.path("etc", "nova")
         if self.gunicorn("nova-api", "nova.wsgi.osapi_compute:application",
                          self.ports["nova-api"],
