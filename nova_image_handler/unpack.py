@@ -119,10 +119,8 @@ def _ensure_tree(share_dir, image_id, archive_path, limits=None):
 
     os.makedirs(share_dir, mode=0o700, exist_ok=True)
     path = tree_path(share_dir, image_id)
-    if os.path.isdir(path):
-        _touch(path)
-        return path
     name = tree_name(image_id)
+    # always under the lock: the cache pass removes trees under it too
     with lockutils.lock("docker2vm-share-" + name, external=True, lock_path=share_dir):
         if os.path.isdir(path):
             _touch(path)
@@ -207,6 +205,11 @@ def remove_unused(share_dir, used_image_ids, min_age_seconds, now=None):
         name = entry[len(TMP_PREFIX):len(TMP_PREFIX) + 40] if entry.startswith(TMP_PREFIX) \
             else entry
         with lockutils.lock("docker2vm-share-" + name, external=True, lock_path=share_dir):
+            try:
+                if now - last_used(path) < min_age_seconds:
+                    continue          # a spawn used it meanwhile
+            except FileNotFoundError:
+                continue
             LOG.info("docker2vm: removing unused share tree %s", path)
             remove_tree(path)
             if os.path.exists(_stamp(path)):
