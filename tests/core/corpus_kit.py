@@ -21,12 +21,13 @@ BOMBS = {  # name -> the limit that must refuse it
     "bomb-behind-honest": "max_compression_ratio",
     "bomb-split": "max_compression_ratio",
     "bomb-split-small": "max_total_bytes",
+    "bomb-split-alone": "max_compression_ratio",
 }
 PRODUCERS = [
     "podman-docker-archive", "skopeo-docker-to-oci", "skopeo-oci-gzip", "skopeo-oci-zstd",
     "skopeo-oci-to-docker", "skopeo-dir-to-docker", "skopeo-dir-to-oci-gzip",
-    "skopeo-oci-decompress", "podman-oci-dir", "podman-docker-dir-compress",
-    "buildah-push-zstd", "umoci-insert", "umoci-raw",
+    "skopeo-oci-uncompressed", "podman-oci-dir", "podman-docker-dir-compress",
+    "buildah-push-zstd", "umoci-insert", "umoci-repack", "umoci-raw",
     "gnutar-gnu", "gnutar-oldgnu", "gnutar-posix", "gnutar-ustar", "gnutar-v7",
     "bsdtar-default", "bsdtar-pax", "bsdtar-gnutar", "bsdtar-ustar", "busybox-tar",
     "pytar-gnu", "pytar-pax", "pytar-ustar",

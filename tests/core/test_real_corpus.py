@@ -14,6 +14,7 @@ images) run always; the ``large`` group (a several-hundred-MB Debian image,
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -90,8 +91,13 @@ def test_bomb_refused(name, tmp_path):
     msg = str(info.value)
     assert "\n" not in msg
     assert kit.BOMBS[name] in msg, msg
+    if name == "bomb-split-alone":
+        assert "all compressed layers" in msg, msg
+    elif kit.BOMBS[name] == "max_compression_ratio":
+        assert re.search(r"\(layer \d+ \(sha256:", msg), msg     # per blob
 
 
+@pytest.mark.slow
 def test_split_bomb_under_grace_passes_a_large_budget(tmp_path):
     """40 blobs of 48 MiB zeros, each under the ratio's 64 MiB grace: with
     the default limits (64 GiB budget) the per-blob ratio never applies, so
