@@ -107,6 +107,10 @@ class Docker2VMServersTest(base.ServersTestBase):
         self.assertNotIn("docker2vm_exit_status", self.api.get_server(server["id"])["metadata"])
         self.assert_container_dom(self.last_dom())
 
+        self.flags(wait_soft_reboot_seconds=1, group="libvirt")
+        self._reboot_server(server, hard=False)
+        self.assertEqual(self.api.get_server(server["id"])["status"], "ACTIVE")
+
         n = len(self.defined)
         self._reboot_server(server, hard=True)
         self.assertGreater(len(self.defined), n)
