@@ -1,10 +1,11 @@
 """Helpers of the real-libvirtd Nova tests (tests/nova/test_real_libvirt.py).
 
 * inputs made by the project's own pipeline: a container image built with
-  buildah (tests/guest/images.py, cached), its rootfs disk made by
-  ``docker2vm convert`` (the same flattener + disk builder the Glance
-  plugin's ``docker-convert`` import runs) and its Glance properties
-  (``docker_rootfs.properties.image_properties``, what the plugin sets),
+  buildah (tests/guest/images.py, cached), its rootfs disk made by the
+  Glance plugin's ``docker-convert`` steps (flatten, then
+  ``glance_docker_import.disk_adapter.build_qcow2``) and its Glance
+  properties (``docker_rootfs.properties.image_properties``, what the
+  plugin sets),
   the guest base VM from ``docker2vm base-image`` (cached, as tests/guest);
 * a Nova-style instance directory (``disk`` = qcow2 overlay over the
   ``_base`` image, ``disk.config``, ``console.log``);
@@ -22,7 +23,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 import time
 import uuid as uuid_mod
 from xml.sax.saxutils import escape, quoteattr
@@ -34,22 +34,34 @@ CACHE = images.CACHE / "nova-real-vm"
 
 
 # -- inputs ----------------------------------------------------------------
-def docker2vm_cli():
-    exe = pathlib.Path(sys.executable).with_name("docker2vm")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "docker_rootfs.cli"]
-
-
 def glance_disk_image(archive):
     """``(rootfs.qcow2, properties)`` of ``archive`` as the ``docker-convert``
-    import stores it in Glance (disk delivery), cached by archive name."""
+    import stores it in Glance (disk delivery): the plugin's own steps
+    (``open_image(...).flatten()`` then ``glance_docker_import.disk_adapter
+    .build_qcow2`` with the ``[docker_disk]`` defaults), cached by archive name."""
+    import tempfile
+
+    from oslo_config import cfg
+
+    from docker_rootfs import opts as core_opts
+    from docker_rootfs.archive import open_image
     from docker_rootfs.properties import image_properties
+    from glance_docker_import import disk_adapter
     CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / (pathlib.Path(archive).name + ".glance.qcow2")
+    out = CACHE / (pathlib.Path(archive).name + ".plugin.qcow2")
     if not out.exists():
-        tmp = str(out) + ".tmp.qcow2"
-        subprocess.run(docker2vm_cli() + ["convert", str(archive), "-o", tmp, "--no-progress"],
-                       check=True, capture_output=True)
-        os.replace(tmp, out)
+        try:
+            core_opts.register_disk_opts(cfg.CONF)
+        except cfg.DuplicateOptError:
+            pass
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            tar = os.path.join(tmp, "rootfs.tar")
+            with open_image(str(archive)) as img:
+                with open(tar, "wb") as f:
+                    img.flatten(f)
+                disk_adapter.build_qcow2(tar, os.path.join(tmp, "rootfs.qcow2"),
+                                         digest=img.config.config_digest, tmpdir=tmp)
+            os.replace(os.path.join(tmp, "rootfs.qcow2"), out)
     return out, image_properties(images.open_config(archive), "disk")
 
 

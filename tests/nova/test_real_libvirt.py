@@ -11,9 +11,9 @@ the real libvirtd's capabilities + docker2vm's changes), the config drive
 (Nova's ConfigDriveBuilder with the docker2vm/* files), define and launch
 through Nova's Host/Guest. The guest is the base VM from
 ``docker2vm base-image``; the images are what the Glance plugin's
-``docker-convert`` import stores (rootfs qcow2 by ``docker2vm convert``,
-the same flattener and disk builder; the normalised single-layer archive
-for ``share``) with its properties.
+``docker-convert`` import stores, made by the plugin's own steps (flatten
++ ``disk_adapter.build_qcow2`` for ``disk``; ``share.write_single_layer_archive``,
+the normalised single-layer archive, for ``share``) with its properties.
 
 What is real: the driver (every method it overrides and the stock
 LibvirtDriver code between them), the domain XML (nothing hand-written),
