@@ -27,20 +27,26 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
 fi
 
 # 2. The virtualenv, with bindep first so it can tell which system packages are missing.
-stamp="$VENV/.docker2vm-requirements"
-want=$(cat "$TOP/requirements.txt" "$TOP/test-requirements.txt" "$TOP/setup.cfg" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
+if [ ! -x "$VENV/bin/bindep" ]; then
+    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel "pbr>=5.8.0" "bindep>=2.11" >&2
+fi
+
+# 3. System packages named in bindep.txt for this profile, before the Python
+# requirements: some of those build against them (libvirt-python needs
+# libvirt-dev and pkg-config).
+missing=$("$VENV/bin/bindep" -b -f "$TOP/bindep.txt" "$PROFILE" 2>/dev/null || true)
+# shellcheck disable=SC2086
+apt_install $missing
+
+# 4. The Python requirements and docker2vm itself (editable).
+stamp="$VENV/.docker2vm-requirements"
+want=$(cat "$TOP/requirements.txt" "$TOP/test-requirements.txt" "$TOP/setup.cfg" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup-env: installing Python requirements into $VENV" >&2
-    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel "pbr>=5.8.0" >&2
     "$VENV/bin/pip" install -q -r "$TOP/requirements.txt" -r "$TOP/test-requirements.txt" >&2
     PBR_VERSION=${PBR_VERSION:-0.1.0} "$VENV/bin/pip" install -q --no-build-isolation -e "$TOP" >&2
     echo "$want" >"$stamp"
 fi
-
-# 3. System packages named in bindep.txt for this profile.
-missing=$("$VENV/bin/bindep" -b -f "$TOP/bindep.txt" "$PROFILE" 2>/dev/null || true)
-# shellcheck disable=SC2086
-apt_install $missing
