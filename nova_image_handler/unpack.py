@@ -7,8 +7,8 @@ one new image, one unpacks and the rest wait and reuse it. The archive is
 read by the shared core (:func:`docker_rootfs.archive.open_image`, the
 Glance import's safety rules and ``[docker_limits]``), flattened into one
 tar next to the tree, and extracted with tarfile's ``tar`` filter (no
-absolute or escaping paths, no setuid/setgid bits) minus device nodes and
-FIFOs (on a share they would be the host's devices); a half-made tree is
+absolute or escaping paths) keeping the image's modes but setuid/setgid,
+minus device nodes and FIFOs (on a share they would be the host's devices); a half-made tree is
 never renamed into place. ``share_dir`` itself is 0700.
 
 The tree is then made a read-only bind mount of itself
@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -45,9 +46,15 @@ def tree_path(share_dir, image_id):
 
 
 def _safe_filter(member, dest):
+    """tarfile's ``tar`` filter for paths and links, but the image's own
+    modes kept (a 1777 /tmp stays writable by the container's users) except
+    setuid/setgid; no device nodes or FIFOs."""
     if member.ischr() or member.isblk() or member.isfifo():
         return None
-    return tarfile.tar_filter(member, dest)
+    safe = tarfile.tar_filter(member, dest)
+    if safe is None or member.mode is None:
+        return safe
+    return safe.replace(mode=member.mode & ~(stat.S_ISUID | stat.S_ISGID), deep=False)
 
 
 def is_read_only(path):

@@ -36,6 +36,7 @@ def hostile_entries():
             e("bin/su", data=b"su", mode=0o4755),
             e("etc", "dir"), e("etc/passwd", data=b"root:x:0:0::/root:/bin/sh\n"),
             e("home", "dir"), e("home/app", "dir", uid=1234, gid=1234, mode=0o700),
+            e("tmp", "dir", mode=0o1777), e("shared", data=b"w", mode=0o666),
             e("abs", "sym", link="/etc/passwd"),
             e("up", "sym", link="../../../../etc"),
             e("dev", "dir"), e("dev/sda", "chr", major=8, minor=0),
@@ -300,6 +301,9 @@ class TestShare(SpawnTestCase):
         self.assertFalse(os.path.exists(os.path.join(tree, "dev/sda")))
         self.assertFalse(os.path.exists(os.path.join(tree, "dev/fifo")))
         self.assertFalse(os.stat(os.path.join(tree, "bin/su")).st_mode & 0o4000)
+        # The image's own modes otherwise: sticky and group/other write kept.
+        self.assertEqual(os.stat(os.path.join(tree, "tmp")).st_mode & 0o7777, 0o1777)
+        self.assertEqual(os.stat(os.path.join(tree, "shared")).st_mode & 0o7777, 0o666)
         if os.geteuid() == 0:         # ownership is kept (unpacked as root)
             st = os.stat(os.path.join(tree, "home/app"))
             self.assertEqual((st.st_uid, st.st_gid, st.st_mode & 0o777), (1234, 1234, 0o700))

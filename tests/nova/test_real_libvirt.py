@@ -315,13 +315,9 @@ def _assert_share_ran(out):
     assert out["tree_read_only"] is True
     assert not out["tree_left"]
     lines = [ln for _, ln in out["console"].lines]
-    if "WRITE=written" not in lines and out["data_mode"] != 0o1777:
-        # The image's /data is 1777 (tests/guest/images.py); the container
-        # (uid 1000) writes there through the guest's overlay.
-        pytest.xfail("the share handler's unpack changes the image's modes: /data is "
-                     f"{out['data_mode']:o} in the unpacked tree, 1777 in the image, so "
-                     "the container's user cannot write it (tarfile's 'tar' filter "
-                     "clears sticky and group/other write bits)")
+    # The image's /data is 1777 (tests/guest/images.py); the container
+    # (uid 1000) writes there through the guest's overlay.
+    assert out["data_mode"] == 0o1777, f"{out['data_mode']:o}"
     assert "WRITE=written" in lines, out["console"].text
 
 
