@@ -25,6 +25,7 @@ TCG unless DOCKER2VM_TEST_KVM=1. Medians are reported.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -34,7 +35,6 @@ import statistics
 import sys
 import tempfile
 import time
-import dataclasses
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -112,7 +112,8 @@ def measure_boot(base, disk, app, cfg, runs, work):
             inst = images.instance_disk(app if kind.startswith("bundle") else disk,
                                         os.path.join(work, f"inst-{i}.qcow2"))
             if kind.startswith("direct"):
-                m = FirmwareMachine(kernel=base.vmlinux if kind.endswith("vmlinux") else base.kernel,
+                kernel = base.vmlinux if kind.endswith("vmlinux") else base.kernel
+                m = FirmwareMachine(kernel=kernel,
                                     initrd=base.initrd, cmdline=base.cmdline, config_drive=cfg,
                                     disks=[(str(inst), "root", "qcow2")])
             else:
@@ -168,19 +169,22 @@ def run(sizes, runs):
 def print_tables(r):
     print(f"accel={r['accel']} runs={r['runs']} kernel={r['kernel']}, medians")
     print()
-    print("| image | convert s | bundle s | convert qcow2 MiB (virtual) | bundle qcow2 MiB (virtual) |")
+    print("| image | convert s | bundle s | convert qcow2 MiB (virtual) "
+          "| bundle qcow2 MiB (virtual) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for size, m in r["build"].items():
         print(f"| busybox + {size} MB | {m['convert_s']:.2f} | {m['bundle_s']:.2f} | "
               f"{m['convert_file_mib']:.1f} ({m['convert_virtual_mib']:.0f}) | "
               f"{m['bundle_file_mib']:.1f} ({m['bundle_virtual_mib']:.0f}) |")
     print()
-    print(f"| boot | entrypoint line s | pre-kernel s | of which UEFI firmware s | ratio to direct vmlinux (target <= {TARGET}x) |")
+    print("| boot | entrypoint line s | pre-kernel s | of which UEFI firmware s "
+          f"| ratio to direct vmlinux (target <= {TARGET}x) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for kind in KINDS:
         m = r["boot"][kind]
         fmt = lambda v, f="{:.2f}": f.format(v) if v is not None else "-"  # noqa: E731
-        print(f"| {kind} | {fmt(m['first_line_s'])} | {fmt(m['pre_kernel_s'])} | {fmt(m['firmware_s'])} | "
+        print(f"| {kind} | {fmt(m['first_line_s'])} | {fmt(m['pre_kernel_s'])} "
+              f"| {fmt(m['firmware_s'])} | "
               f"{fmt(m['ratio'], '{:.2f}x')} |")
 
 

@@ -10,7 +10,7 @@ import sys
 
 from docker_rootfs import errors
 from docker_rootfs.commands import common
-from docker_rootfs.commands.convert import _created, _size, _sigterm
+from docker_rootfs.commands.convert import _created, _sigterm, _size
 from docker_rootfs.disk.options import DiskOptions
 from docker_rootfs.progress import terminal_progress
 

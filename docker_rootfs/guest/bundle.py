@@ -152,7 +152,8 @@ def _copy_sparse(src, dst_fd, offset):
             while n > 0:
                 done = os.copy_file_range(fd, dst_fd, min(n, 64 * MIB), src_off, offset + src_off)
                 if done <= 0:
-                    raise errors.ToolError(f"copying the root filesystem into the bundle: short copy")
+                    raise errors.ToolError("copying the root filesystem into the bundle: "
+                                           "short copy")
                 n -= done
                 src_off += done
             pos = hole
@@ -251,7 +252,8 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
         _run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", raw],
              input=(f"label: dos\nlabel-id: {label_id}\n"
                     f"start={ESP_START}, size={esp_bytes // SECTOR}, type=ef, bootable\n"
-                    f"start={root_start // SECTOR}, size={root_bytes // SECTOR}, type=83\n").encode())
+                    f"start={root_start // SECTOR}, size={root_bytes // SECTOR}, type=83\n"
+                    ).encode())
         with open(boot_disk.find_mbr(), "rb") as f:
             code = f.read()[:440]
         with open(raw, "r+b") as f:

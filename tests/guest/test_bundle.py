@@ -123,11 +123,11 @@ class FirmwareMachine(qemu.Machine):
 
 
 def _status_last(boot):
-    status = [l for _, l in boot.lines if l.startswith("docker2vm: exit status ")]
+    status = [line for _, line in boot.lines if line.startswith("docker2vm: exit status ")]
     assert status, boot.text
-    after = [l for _, l in boot.lines[boot.lines.index(next(x for x in boot.lines
-                                                             if x[1] == status[-1])) + 1:]]
-    assert all("reboot: Power down" in l or not l.strip() for l in after), boot.text
+    last = max(i for i, (_, line) in enumerate(boot.lines) if line == status[-1])
+    after = [line for _, line in boot.lines[last + 1:]]
+    assert all("reboot: Power down" in line or not line.strip() for line in after), boot.text
     return status[-1]
 
 
@@ -149,8 +149,8 @@ def test_bios_boot_with_config_drive_overrides(app, tmp_path):
     boot = qemu.boot(machine, timeout=300)
     assert not boot.timed_out and boot.returncode == 0, boot.text
     kv = images.console_kv(boot)
-    assert boot.first(lambda l: l == "BUNDLE-OK from-metadata two words FOO=bar BAZ=qux UD=") \
-        is not None, boot.text
+    want = "BUNDLE-OK from-metadata two words FOO=bar BAZ=qux UD="
+    assert boot.first(lambda line: line == want) is not None, boot.text
     assert kv["HOST"] == "bundle-bios PWD=/work", boot.text
     assert int(kv["DISK"]) > 400, boot.text      # grown from ~70 MiB to the 512 MiB disk
     assert kv["WRITE"] == "written", boot.text
@@ -169,7 +169,7 @@ def test_uefi_boot_disk_alone(app, tmp_path):
     boot = qemu.boot(machine, timeout=300)
     assert not boot.timed_out and boot.returncode == 0, boot.text
     # (OVMF and GRUB leave terminal escape sequences on the serial line)
-    first = boot.first(lambda l: l.endswith("BUNDLE-OK from-cmd FOO=bar BAZ= UD="))
+    first = boot.first(lambda line: line.endswith("BUNDLE-OK from-cmd FOO=bar BAZ= UD="))
     assert first is not None, boot.text
     kv = images.console_kv(boot)
     assert re.match(r"^\S+ PWD=/work$", kv["HOST"]), boot.text
@@ -222,8 +222,9 @@ def test_libvirt_domain_disk_alone(app, tmp_path):
     serial logged by virtlogd, ACPI), on a private real libvirtd: nothing
     docker2vm-specific in the XML; the container runs, powers the domain off."""
     pytest.importorskip("libvirt")
-    from tests.nova import libvirtd, libvirtkit
     import libvirt
+
+    from tests.nova import libvirtd, libvirtkit
     missing = libvirtd.missing_tools()
     if missing:
         pytest.fail(f"{', '.join(missing)} needed ({', '.join(libvirtd.PACKAGES)})", pytrace=False)
@@ -238,8 +239,9 @@ def test_libvirt_domain_disk_alone(app, tmp_path):
         run = libvirtkit.run_domain(lv, xml, inst.console, timeout=300)
         text = libvirtkit.dump(run, lv, inst.name)
     assert not run.timed_out and run.state == libvirt.VIR_DOMAIN_SHUTOFF, text
-    assert run.first(lambda l: l.startswith("BUNDLE-OK from-libvirt FOO=bar")) is not None, text
-    assert run.first(lambda l: l == "HOST=bundle-libvirt PWD=/work") is not None, text
+    ok = run.first(lambda line: line.startswith("BUNDLE-OK from-libvirt FOO=bar"))
+    assert ok is not None, text
+    assert run.first(lambda line: line == "HOST=bundle-libvirt PWD=/work") is not None, text
     assert run.exit_status() == 3, text
 
 
@@ -377,7 +379,7 @@ def test_bios_boot_metadata_service(app, tmp_path):
     machine = MetadataServiceMachine(kernel="", boot_disk=str(disk), mds=(str(script), str(root)))
     boot = qemu.boot(machine, timeout=300)
     assert not boot.timed_out and boot.returncode == 0, boot.text
-    assert boot.first(lambda l: l == "BUNDLE-OK from-metadata-service FOO=bar BAZ= "
+    assert boot.first(lambda line: line == "BUNDLE-OK from-metadata-service FOO=bar BAZ= "
                                      "UD=from-mds-user-data") is not None, boot.text
     assert images.console_kv(boot)["HOST"] == "bundle-mds PWD=/work", boot.text
     assert _status_last(boot) == "docker2vm: exit status 3"
