@@ -61,6 +61,7 @@ def app(archive, base, tmp_path_factory):
     return out
 
 
+@pytest.mark.tools
 def test_reproducible(archive, base, app, tmp_path):
     """Same archive -> byte-identical bundle (another directory, another time)."""
     again = tmp_path / "elsewhere" / "app.qcow2"
@@ -69,6 +70,7 @@ def test_reproducible(archive, base, app, tmp_path):
     assert again.read_bytes() == app.read_bytes()
 
 
+@pytest.mark.tools
 def test_layout(archive, base, tmp_path):
     raw = tmp_path / "app.raw"
     r = _build(archive, raw, base, fmt="raw")
@@ -178,6 +180,7 @@ def test_uefi_boot_disk_alone(app, tmp_path):
 
 
 @pytest.mark.glance
+@pytest.mark.tools
 @pytest.mark.slow
 def test_glance_import_bundle(archive, base, app, tmp_path_factory):
     """glance image-create-via-import --import-method docker-convert
