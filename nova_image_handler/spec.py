@@ -36,8 +36,11 @@ class ContainerSpec:
 
 def is_container_image(properties):
     """True when the image carries the docker2vm contract (a docker_delivery property,
-    even an empty or wrong one: those are errors, not plain images)."""
-    return contract.DELIVERY in (properties or {})
+    even an empty or wrong one: those are errors, not plain images). A bundle
+    (Approach 3, docs/bundle.md) is a self-contained bootable disk: it boots
+    the stock way, like any plain image."""
+    props = properties or {}
+    return contract.DELIVERY in props and props[contract.DELIVERY] != contract.DELIVERY_BUNDLE
 
 
 def from_image_properties(image_id, properties, default_delivery="disk"):

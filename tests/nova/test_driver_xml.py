@@ -56,6 +56,18 @@ class TestDomainXML(novakit.DriverTestCase):
                            novakit.make_instance(config_drive="True"))
         self.assertEqual(a, self.guest_xml(ours, inst))
 
+    def test_bundle_image_is_the_stock_xml(self):
+        # Approach 3 images boot by themselves: no base VM, no rootfs disk.
+        self.images[novakit.IMAGE_ID] = novakit.container_properties("bundle")
+        ours = self.make_driver()
+        inst = novakit.make_instance(config_drive="True")
+        self.assertIsNone(ours.container_spec_from_image(self.context, inst))
+        a = self.guest_xml(self.make_driver(novakit.stock_driver_class()),
+                           novakit.make_instance(config_drive="True"))
+        b = self.guest_xml(ours, inst)
+        self.assertEqual(a, b)
+        self.assertNotIn("<kernel>", b)
+
     def test_disk_direct_kernel_boot(self):
         _, inst, xml = self.container_xml("disk")
         dom = parse(xml)
