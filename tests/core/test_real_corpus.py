@@ -30,8 +30,9 @@ if not os.path.exists(DOCKER2VM[0]):
 
 pytestmark = pytest.mark.tools
 
-SAME = [("issue9", n) for n in kit.ISSUE9_SAME] + [("producers", n) for n in kit.PRODUCERS]
-SLOW_SAME = [pytest.param("large", n, marks=pytest.mark.slow) for n in kit.LARGE]
+SAME = ([kit.param("issue9", n) for n in kit.ISSUE9_SAME]
+        + [kit.param("producers", n) for n in kit.PRODUCERS])
+SLOW_SAME = [kit.param("large", n, pytest.mark.slow) for n in kit.LARGE]
 
 
 @pytest.mark.parametrize("group", ["issue9", "producers",
@@ -51,7 +52,7 @@ def test_runtimes_accept_the_corpus(group):
     for name, img in sorted(index["images"].items()):
         if img["ref_from"] or img["runtime"] == "skip":
             continue
-        for tool in ("umoci", "podman"):
+        for tool in img["refs"]:
             if tool + "_error" in img:
                 problems.append("%s: %s refused it: %s" % (name, tool, img[tool + "_error"]))
     assert not problems, "\n".join(problems)

@@ -23,9 +23,9 @@ DOCKER2VM = [sys.executable, "-m", "docker_rootfs.cli"]
 
 pytestmark = pytest.mark.tools
 
-CASES = ([("issue9", n) for n in kit.ISSUE9_SAME] + [("producers", n) for n in kit.PRODUCERS]
-         + [pytest.param("large", n, marks=pytest.mark.slow)
-            for n in ("debian-oci-gzip", "many-files")])
+CASES = ([kit.param("issue9", n) for n in kit.ISSUE9_SAME]
+         + [kit.param("producers", n) for n in kit.PRODUCERS]
+         + [kit.param("large", n, pytest.mark.slow) for n in ("debian-oci-gzip", "many-files")])
 
 
 def convert(archive, disk, tmp_path, *extra):
