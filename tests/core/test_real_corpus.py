@@ -147,3 +147,44 @@ def test_umoci_insert_layers_are_unpadded():
                     if len(raw) % 512 or raw[-1024:] != bytes(1024):
                         unpadded += 1
     assert unpadded >= 2, "no unpadded layer: umoci's output changed?"
+
+
+# --------------------------------------------------------------------------
+# The corpus has what it claims (a tool changing its output would else
+# quietly make these tests weaker)
+# --------------------------------------------------------------------------
+
+def _layer_members(archive):
+    """[[TarInfo, ...] per layer] of a docker-archive (uncompressed layers)."""
+    import json
+    import tarfile
+    out = []
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))[0]
+        for path in manifest["Layers"]:
+            with tarfile.open(fileobj=outer.extractfile(path), mode="r:") as layer:
+                out.append(layer.getmembers())
+    return out
+
+
+@pytest.mark.slow
+def test_debian_image_is_realistic():
+    img = kit.image("large", "debian-docker")
+    layers = _layer_members(img["archive_path"])
+    assert len(layers) >= 6
+    base = layers[0]
+    assert sum(m.size for m in base) > 150 << 20 and len(base) > 5000
+    names = [os.path.basename(m.name) for layer in layers[1:] for m in layer]
+    assert names.count(".wh..wh..opq") >= 1, "no opaque directory (vfs storage driver?)"
+    assert sum(n.startswith(".wh.") and n != ".wh..wh..opq" for n in names) > 500
+    members = [m for layer in layers[1:] for m in layer]
+    assert any(m.mode & 0o4000 for m in members) and any(m.mode & 0o2000 for m in members)
+    assert sum(m.islnk() for m in members) >= 2
+    assert any(m.size >= 90 << 20 for m in members)
+    assert sum(m.isreg() and m.size < 8192 for m in members) > 1000
+
+
+@pytest.mark.slow
+def test_many_files_image_has_100k_files():
+    man = kit.reference_manifests("large", "many-files")[0][1]
+    assert sum(e.type == "file" for e in man.values()) > 100_000
