@@ -61,9 +61,23 @@ def param(group, name, *marks):
     return pytest.param(group, name, marks=marks, id="%s-%s" % (group, name))
 
 
-@functools.lru_cache(maxsize=None)
+_FAILED = {}
+
+
 def load(group):
-    """(dir, index) of a built corpus group, paths resolved; builds it once."""
+    """(dir, index) of a built corpus group, paths resolved; builds it once
+    (a failed build fails every test of the group without trying again)."""
+    if group in _FAILED:
+        pytest.fail(_FAILED[group], pytrace=False)
+    try:
+        return _load(group)
+    except (Exception, pytest.fail.Exception) as exc:
+        _FAILED[group] = "the %s corpus: %s" % (group, exc)
+        raise
+
+
+@functools.lru_cache(maxsize=None)
+def _load(group):
     from tests.fixtures import build_corpus as bc
     miss = bc.missing_tools()
     if miss:
