@@ -67,8 +67,11 @@ class LayerReader:
         comp = streams.sniff_compression(head)
         declared = layouts.LAYER_MEDIA_TYPES.get(layer.media_type, "any")
         if declared not in ("any", comp):
-            raise errors.UnsupportedMediaType(
-                f"{what}: media type {layer.media_type} says {declared} but the blob is {comp}")
+            # As podman, Docker and containerd do: the content decides (a
+            # producer chain such as skopeo --dest-decompress writes plain
+            # tars labelled +gzip). The digests are checked all the same.
+            LOG.warning("%s: media type %s says %s but the blob is %s; reading it as %s",
+                        what, layer.media_type, declared, comp, comp)
         layer.compression = comp
         body = streams.PrefixedReader(head, blob)
         plain = streams.DecompressErrors(streams.decompressor(comp, body), what)

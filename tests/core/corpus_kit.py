@@ -47,10 +47,7 @@ TOOL_DISAGREES = {}
 # image -> a core bug it shows (reported to the lead; docs/corpus.md): the
 # tests over it are xfail(strict=True), so a fix makes them fail until the
 # entry is removed.
-CORE_BUGS = {
-    "skopeo-plain-as-gzip": "the core refuses a layer whose media type (+gzip) and content "
-                            "(plain tar) disagree; podman sniffs the compression and accepts it",
-}
+CORE_BUGS = {}
 
 
 def param(group, name, *marks):

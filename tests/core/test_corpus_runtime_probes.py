@@ -68,14 +68,7 @@ CASES = {
 
 # Known core bugs (reported to the lead, issue 9 part 3): strict, so a fix
 # turns them into failures until the mark is removed.
-CORE_BUGS = {
-    "xz-as-plain-type": "core refuses a layer whose media type and compression disagree; "
-                        "podman, Docker and containerd sniff the compression",
-    "bzip2-as-plain-type": "same as xz-as-plain-type",
-    "gzip-as-plain-type": "same as xz-as-plain-type",
-    "plain-as-gzip-type": "same as xz-as-plain-type",
-    "zstd-as-gzip-type": "same as xz-as-plain-type",
-}
+CORE_BUGS = {}   # name -> a core bug the probe shows (none open)
 
 
 @pytest.fixture(scope="module")
