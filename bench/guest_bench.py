@@ -16,9 +16,9 @@ the generic kernel side by side.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
-import shutil
 import tempfile
 import time
 

@@ -11,7 +11,6 @@ import json
 import sys
 
 from docker_rootfs import properties as contract
-
 from glance_docker_import import MARKER_PROPERTY, METHOD_NAME
 
 NAMESPACE = "OS::Glance::Docker2VM"

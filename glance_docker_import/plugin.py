@@ -38,13 +38,12 @@ import time
 from glance.common import exception as glance_exc
 from glance.common import utils as common_utils
 from oslo_config import cfg
-from taskflow.patterns import linear_flow as lf
 from taskflow import task
+from taskflow.patterns import linear_flow as lf
 
 from docker_rootfs import errors
 from docker_rootfs.properties import DELIVERY, image_properties
-from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME
-from glance_docker_import import opts
+from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME, opts
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -273,8 +272,8 @@ class _DockerConvert(task.Task):
         return "file://" + out_path
 
     def _convert(self, delivery, hb):
-        from docker_rootfs.archive import open_image
         from docker_rootfs import opts as core_opts
+        from docker_rootfs.archive import open_image
 
         conf = CONF.docker_convert
         limits = core_opts.limits_from_conf(CONF)

@@ -19,7 +19,8 @@ import ctypes
 import os
 
 from docker_rootfs import errors
-from docker_rootfs.disk import base, ext2fs_lib as L, tarscan
+from docker_rootfs.disk import base, tarscan
+from docker_rootfs.disk import ext2fs_lib as L
 
 CHUNK = 1024 * 1024
 ZERO_CHUNK = bytes(CHUNK)

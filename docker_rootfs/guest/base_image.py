@@ -22,9 +22,9 @@ import subprocess
 import tempfile
 
 from docker_rootfs import errors
-from docker_rootfs.guest.tools import run as _run
 from docker_rootfs.guest import boot_disk as boot_disk_mod
 from docker_rootfs.guest import kernel as kernel_mod
+from docker_rootfs.guest.tools import run as _run
 
 LOG = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -88,7 +88,8 @@ def mount_root():
             os.makedirs(rw, exist_ok=True)
             sh("mount", "-t", "tmpfs", "tmpfs", rw)
             os.makedirs(rw + "/upper"); os.makedirs(rw + "/work")
-            sh("mount", "-t", "overlay", "-o", "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (low, rw, rw), "overlay", R)
+            sh("mount", "-t", "overlay", "-o",
+               "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (low, rw, rw), "overlay", R)
     for d, t, o in (("proc", "proc", ""), ("sys", "sysfs", "ro"), ("dev", "devtmpfs", ""),
                     ("dev/pts", "devpts", "newinstance,ptmxmode=0666"), ("dev/shm", "tmpfs", "mode=1777")):
         os.makedirs(os.path.join(R, d), exist_ok=True)

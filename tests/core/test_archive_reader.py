@@ -12,7 +12,8 @@ import pytest
 from docker_rootfs import errors
 from docker_rootfs.archive import open_image
 from docker_rootfs.limits import Limits
-from tests.core.layerkit import entry as e, layer_tar, read_tar
+from tests.core.layerkit import entry as e
+from tests.core.layerkit import layer_tar, read_tar
 from tests.core.ocikit import OCIBuilder, sha
 
 L1 = layer_tar([e("etc", "dir"), e("etc/a", data=b"A" * 5000)])
@@ -128,7 +129,8 @@ def test_platform_selection_and_clear_choices(tmp_path):
     assert cfg.architecture == "arm64"
     cfg, _ = flat(path, platform="linux/amd64")
     assert cfg.architecture == "amd64"
-    with pytest.raises(errors.ImageSelectionError, match=r"linux/s390x is not in the archive; it has: linux/amd64, linux/arm64"):
+    with pytest.raises(errors.ImageSelectionError,
+                       match=r"linux/s390x is not in the archive; it has: linux/amd64, linux/arm64"):
         flat(path, platform="linux/s390x")
 
 

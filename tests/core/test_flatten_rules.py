@@ -3,11 +3,13 @@
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from docker_rootfs import errors
 from docker_rootfs.limits import Limits
-from tests.core.layerkit import entry as e, flatten_layers
+from tests.core.layerkit import entry as e
+from tests.core.layerkit import flatten_layers
 
 
 def kinds(tree):

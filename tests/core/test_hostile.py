@@ -23,7 +23,6 @@ Expectations:
   at the path resolved within the root (what umoci/containerd do).
 """
 
-import gzip
 import hashlib
 import io
 import json
@@ -36,12 +35,11 @@ import zlib
 
 import pytest
 
-from tests import treecmp
-from tests.fixtures import ocipatch
-
 from docker_rootfs import errors
 from docker_rootfs.archive import open_image
 from docker_rootfs.limits import Limits
+from tests import treecmp
+from tests.fixtures import ocipatch
 
 MiB = 1 << 20
 DOCKER2VM = [str(pathlib.Path(sys.executable).with_name("docker2vm"))]

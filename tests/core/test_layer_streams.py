@@ -23,7 +23,8 @@ import pytest
 from docker_rootfs import errors
 from docker_rootfs.archive import layertar
 from docker_rootfs.limits import RATIO_GRACE_BYTES, Limits, MiB
-from tests.core.layerkit import entry as e, layer_tar, read_tar
+from tests.core.layerkit import entry as e
+from tests.core.layerkit import layer_tar, read_tar
 from tests.core.ocikit import OCIBuilder
 from tests.core.test_archive_reader import flat
 
@@ -171,6 +172,7 @@ def test_gzip_reader_refuses_damage(damage, message):
 
 def test_prefetcher_passes_errors_and_stops_its_thread():
     import threading
+
     from docker_rootfs.archive import streams
 
     class Failing:
@@ -202,6 +204,7 @@ def test_prefetcher_passes_errors_and_stops_its_thread():
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_a_hostile_layer_stops_the_reader_thread_and_drops_spools(tmp_path, compression):
     import threading
+
     from docker_rootfs.archive import open_image
     bad = layer_tar([e("a", data=b"1" * 3000), e("../../escape", data=b"2")])
     b = OCIBuilder()

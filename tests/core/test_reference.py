@@ -31,12 +31,11 @@ import sys
 
 import pytest
 
-from tests import treecmp
-from tests.fixtures import build_fixtures
-
 from docker_rootfs import errors  # noqa: E402  (the core; may not exist yet)
 from docker_rootfs.archive import open_image
 from docker_rootfs.limits import Limits
+from tests import treecmp
+from tests.fixtures import build_fixtures
 
 # fixture -> {tool: reason}: a tool whose result differs, and why.
 TOOL_DISAGREES = {

@@ -4,7 +4,8 @@ PAX_FORMAT (utf-8, surrogateescape), fast path or not."""
 import io
 import tarfile
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from docker_rootfs.flatten import TarWriter
 

@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import subprocess
-import tarfile
 import tempfile
 
 LS_RE = re.compile(rb"^/(\d+)/(\d+)/(\d+)/(\d+)/(.*)/(\d*)/$")

@@ -3,7 +3,6 @@ the built disk as a second virtio disk by its serial, mounts it and runs a
 command in a chroot of it: the disk is something a real kernel accepts."""
 
 import io
-import os
 import shutil
 import tarfile
 

@@ -223,8 +223,9 @@ def test_hostile_entries_are_refused(tmp_path, members, exc):
 def test_temporary_space_is_checked_up_front(feature_tar, tmp_path):
     # A 1 MiB tmpfs-like limit is hard to fake portably: ask for a directory
     # that cannot hold the image by pretending it has no space.
-    from docker_rootfs.disk import build as build_mod
     import shutil
+
+    from docker_rootfs.disk import build as build_mod
     real = shutil.disk_usage
 
     def tiny(path):

@@ -6,15 +6,12 @@ import json
 import os
 import tarfile
 import threading
-import time
 
-import openstack.exceptions
 import pytest
 
 from docker_rootfs.archive import open_image
 from glance_docker_import.devserver import DevServer
-from tests.glance.conftest import (Api, cli_image_id, run_glance_cli,
-                                   staging_leftovers)
+from tests.glance.conftest import Api, cli_image_id, run_glance_cli, staging_leftovers
 
 pytestmark = [pytest.mark.glance, pytest.mark.tools]
 

@@ -17,8 +17,11 @@ glance = pytest.importorskip("glance")
 from glance.async_.flows.api_image_import import ImportActionWrapper  # noqa: E402
 from glance.common import exception as glance_exc  # noqa: E402
 
-from glance_docker_import import paste_filter, plugin  # noqa: E402
-from glance_docker_import import metadefs  # noqa: E402
+from glance_docker_import import (  # noqa: E402
+    metadefs,  # noqa: E402
+    paste_filter,
+    plugin,
+)
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
