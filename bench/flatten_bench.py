@@ -210,8 +210,10 @@ def run(args):
 
     out_tar = os.path.join(work, "rootfs.tar")
     out_disk = os.path.join(work, "rootfs.qcow2")
-    archives = [("docker-archive", docker_archive), ("oci gzip", oci_archive),
-                ("oci zstd", zstd_archive)]
+    archives = [(label, path) for label, path in
+                (("docker-archive", docker_archive), ("oci gzip", oci_archive),
+                 ("oci zstd", zstd_archive))
+                if label.split()[-1] in args.archives.split(",")]
     versions = [("now", None)]
     if args.baseline_rev:
         versions.append((args.baseline_rev, worktree(args.baseline_rev)[1]))
@@ -290,6 +292,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--baseline-rev", help="also time this git revision's flatten and convert")
     ap.add_argument("--skip-tools", action="store_true", help="skip umoci and podman")
+    ap.add_argument("--archives", default="docker-archive,gzip,zstd",
+                    help="which archives of the image to time (docker-archive,gzip,zstd)")
     ap.add_argument("--plot", help="write a PNG bar chart here")
     run(ap.parse_args())
 
