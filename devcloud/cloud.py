@@ -14,8 +14,11 @@ Nova            pip ``nova`` 34: api (``nova.wsgi.osapi_compute`` under
                 gunicorn), conductor, scheduler, compute (libvirt, TCG)
 libvirtd        Debian libvirt, private daemons in a mount namespace
                 (devcloud/libvirtd.py)
-Neutron         STAND-IN, not Neutron: devcloud/neutron_standin.py (why: see
-                there; servers use ``--nic none``)
+Neutron         pip ``neutron`` 29: the API server only (``neutron.wsgi.api``
+                under gunicorn; ML2 with no mechanism driver, no RPC server,
+                no agents: servers use ``--nic none``). With
+                ``DEVCLOUD_NEUTRON=standin`` (or when neutron is not
+                installed) the STAND-IN devcloud/neutron_standin.py instead.
 ==============  ==========================================================
 
 Everything (config, databases, logs, PIDs, images, instances) is under one
@@ -39,7 +42,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGION = "RegionOne"
 PASSWORD = "devcloud"          # every user's password (127.0.0.1 only)
 SERVICE_USERS = ("glance", "nova", "placement", "neutron")
-DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0")
+DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron")
 FLAVORS = (("d2v.tiny", 1, 256, 1), ("d2v.small", 1, 512, 2))   # name, vcpus, MiB, GiB
 PORTS = {"keystone": 0, "glance": 92, "placement": 78, "nova-api": 74,
          "neutron": 96, "rabbitmq": 72, "rabbitmq-dist": 73, "epmd": 69}
@@ -259,7 +262,7 @@ class Cloud:
         self.bootstrap_keystone()
         self.start_glance()
         self.start_placement()
-        self.start_neutron_standin()
+        self.start_neutron()
         self.start_nova()
         self.libvirtd.wait_ready()
         self.start_compute()
@@ -416,7 +419,7 @@ valid_interfaces = internal,public
 valid_interfaces = internal,public
 [neutron]
 {self.service_auth()}
-# the devcloud Neutron STAND-IN (devcloud/neutron_standin.py)
+# neutron-server API only, or the devcloud STAND-IN (DEVCLOUD_NEUTRON=standin)
 endpoint_override = {self.url('neutron')}
 [libvirt]
 virt_type = qemu
@@ -439,6 +442,38 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
 [docker2vm]
 {''.join(f'{k} = {v}{chr(10)}' for k, v in self.docker2vm_opts.items())}"""
         files["nova/nova.conf"] = nova
+        files["neutron/neutron.conf"] = f"""\
+[DEFAULT]
+# API only: servers here use --nic none; no RPC server, no agents.
+core_plugin = ml2
+# port_forwarding (and the router plugin it needs) only for its DB model:
+# Neutron's port queries join Port.port_forwardings.
+service_plugins = router,port_forwarding
+auth_strategy = keystone
+transport_url = {self.transport_url}
+log_file = {self.logfile('neutron')}
+state_path = {self.path('neutron')}
+api_paste_config = {os.path.join(etc, 'neutron', 'api-paste.ini')}
+notify_nova_on_port_status_changes = false
+notify_nova_on_port_data_changes = false
+[database]
+connection = {self.db_url('neutron')}
+[keystone_authtoken]
+{self.authtoken('neutron')}
+[oslo_concurrency]
+lock_path = {self.path('neutron', 'locks')}
+"""
+        files["neutron/plugins/ml2/ml2_conf.ini"] = """\
+[ml2]
+type_drivers = flat
+tenant_network_types =
+mechanism_drivers =
+extension_drivers =
+"""
+        npaste = os.path.join(sys.prefix, "etc", "neutron", "api-paste.ini")
+        if os.path.exists(npaste):
+            with open(npaste) as f:
+                files["neutron/api-paste.ini"] = f.read()
         for svc in ("nova-api", "nova-conductor", "nova-scheduler", "nova-compute"):
             files[f"nova/{svc}.conf"] = f"[DEFAULT]\nlog_file = {self.logfile(svc)}\n"
         paste = os.path.join(sys.prefix, "etc", "nova", "api-paste.ini")
@@ -451,7 +486,7 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
             os.makedirs(os.path.dirname(p), exist_ok=True)
             with open(p, "w") as f:
                 f.write(text)
-        for d in (("nova", "instances"), ("nova", "locks"), ("keystone",)):
+        for d in (("nova", "instances"), ("nova", "locks"), ("keystone",), ("neutron", "locks")):
             os.makedirs(self.path(*d), exist_ok=True)
 
     # -- MariaDB ---------------------------------------------------------------
@@ -481,13 +516,10 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
             self.log("MariaDB started (unix socket only)")
 
     def create_databases(self):
-        if self.stamp("databases"):
-            return
         sql = ";".join(f"CREATE DATABASE IF NOT EXISTS {n} CHARACTER SET utf8mb4"
                        for n in DATABASES)
         if self._mysql(sql) is None:
             raise CloudError("could not create the databases")
-        self.set_stamp("databases")
 
     # -- RabbitMQ ----------------------------------------------------------------
     def rabbit_env(self):
@@ -557,7 +589,7 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
         Nova's alone takes more than a minute."""
         from concurrent.futures import ThreadPoolExecutor
         steps = (self.setup_keystone_db, self.setup_glance_db, self.setup_placement_db,
-                 self.setup_nova_db)
+                 self.setup_nova_db, self.setup_neutron_db)
         with ThreadPoolExecutor(len(steps)) as ex:
             futures = [ex.submit(step) for step in steps]
         for f in futures:
@@ -671,6 +703,54 @@ helper_command = {venv_bin('privsep-helper')} --config-file {os.path.join(etc, '
         if self.gunicorn("placement", "placement.wsgi.api:application",
                          self.ports["placement"], env, threads=4):
             self.log(f"placement started on {self.url('placement')}")
+
+    @property
+    def real_neutron(self):
+        """Real neutron-server (API only) unless DEVCLOUD_NEUTRON=standin or
+        neutron is not installed."""
+        if os.environ.get("DEVCLOUD_NEUTRON", "real") == "standin":
+            return False
+        # find_spec, not import: importing neutron monkey-patches with eventlet
+        import importlib.util
+        return importlib.util.find_spec("neutron") is not None
+
+    def neutron_env(self):
+        return {"OS_NEUTRON_CONFIG_DIR": self.path("etc", "neutron"),
+                "OS_NEUTRON_CONFIG_FILES": "neutron.conf;plugins/ml2/ml2_conf.ini",
+                # SQLAlchemy 2.1: Neutron reads backrefs before mappers are configured
+                "DEVCLOUD_CONFIGURE_MAPPERS": "1"}
+
+    def setup_neutron_db(self):
+        if not self.real_neutron or self.stamp("neutron-db"):
+            return
+        self.log("neutron: db upgrade heads")
+        etc = self.path("etc", "neutron")
+        self.run([venv_bin("neutron-db-manage"), "--config-file",
+                  os.path.join(etc, "neutron.conf"), "--config-file",
+                  os.path.join(etc, "plugins", "ml2", "ml2_conf.ini"), "upgrade", "heads"],
+                 what="neutron-db-manage upgrade heads")
+        self.set_stamp("neutron-db")
+
+    def start_neutron(self):
+        mode = "real" if self.real_neutron else "standin"
+        mode_file = self.path("neutron-mode")
+        try:
+            with open(mode_file) as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = None
+        if old != mode and self.pid("neutron"):
+            self.kill("neutron")
+        with open(mode_file, "w") as f:
+            f.write(mode)
+        if not self.real_neutron:
+            self.log("neutron is not installed or DEVCLOUD_NEUTRON=standin: "
+                     "the Neutron STAND-IN answers instead")
+            return self.start_neutron_standin()
+        if self.gunicorn("neutron", "neutron.wsgi.api:application", self.ports["neutron"],
+                         self.neutron_env(), threads=4):
+            self.log(f"neutron-server (API only, ML2 without mechanism drivers, no agents) "
+                     f"started on {self.url('neutron')}")
 
     def start_neutron_standin(self):
         if self.gunicorn("neutron", "devcloud.neutron_standin:application",

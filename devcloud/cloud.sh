@@ -8,7 +8,7 @@ TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DOCKER2VM_VENV:-$TOP/.venv}
 if [ "${1:-}" = up ]; then
     bash "$TOP/tools/setup-env.sh" cloud
-    if ! "$VENV/bin/python" -c 'import keystone, glance, nova, placement, pymysql, libvirt, openstackclient' 2>/dev/null; then
+    if ! "$VENV/bin/python" -c 'import keystone, glance, nova, placement, neutron, pymysql, libvirt, openstackclient' 2>/dev/null; then
         while pgrep -f "pip install" >/dev/null; do echo "devcloud: waiting for another pip install" >&2; sleep 5; done
         echo "devcloud: installing the services (devcloud/requirements.txt) into $VENV" >&2
         "$VENV/bin/pip" install -q -r "$TOP/devcloud/requirements.txt" >&2

@@ -9,8 +9,8 @@ process naming the state dir, no mount under it), then the state dir is
 removed unless ``$DEVCLOUD_TEST_STATE`` was given (then it is kept, and the
 next run reuses it: a fast second ``up``).
 
-The NEUTRON STAND-IN (devcloud/neutron_standin.py) answers Nova's port
-calls; servers use ``--nic none``.
+Neutron is the real API server (no agents; servers use ``--nic none``),
+or the STAND-IN devcloud/neutron_standin.py with DEVCLOUD_NEUTRON=standin.
 
 The docker2vm base VM is built once into the state dir from Debian packages
 cached in ``$DEVCLOUD_CACHE`` (default ``<repo>/.cache/devcloud``).

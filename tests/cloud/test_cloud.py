@@ -1,8 +1,9 @@
 """End-to-end against the development cloud (devcloud/): real Keystone,
 Glance (docker-convert), Placement, Nova (api, conductor, scheduler,
-compute on a real libvirtd, TCG), RabbitMQ, MariaDB, through the real
-``openstack`` and ``glance`` CLIs. Neutron is the devcloud STAND-IN
-(devcloud/neutron_standin.py): servers use ``--nic none``."""
+compute on a real libvirtd, TCG), Neutron (API server only, no agents:
+servers use ``--nic none``; the STAND-IN devcloud/neutron_standin.py with
+DEVCLOUD_NEUTRON=standin), RabbitMQ, MariaDB, through the real
+``openstack`` and ``glance`` CLIs."""
 
 import json
 import os
@@ -71,19 +72,33 @@ def test_second_up_reuses_what_runs(cloud):
     assert took < 60, f"a second up took {took:.1f}s"
 
 
-def test_neutron_is_the_named_stand_in(cloud):
-    """No real Neutron here: the stand-in answers reads, refuses writes."""
-    import urllib.error
-    import urllib.request
-    url = cloud.cloud.url("neutron") + "/v2.0/ports?device_id=x"
-    with urllib.request.urlopen(url) as r:
-        assert json.load(r) == {"ports": []}
-    req = urllib.request.Request(cloud.cloud.url("neutron") + "/v2.0/networks",
-                                 data=b"{}", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(req)
-    assert exc.value.code == 501
-    assert b"stand-in" in exc.value.read()
+def test_neutron_answers_nova_port_calls(cloud):
+    """Real neutron-server (API only) unless DEVCLOUD_NEUTRON=standin."""
+    ports = json.loads(cloud.openstack("port", "list", "-f", "json").stdout)
+    assert ports == []
+    if cloud.cloud.real_neutron:
+        exts = json.loads(cloud.openstack("extension", "list", "--network", "-f",
+                                          "json").stdout)
+        assert any(e["Alias"] == "binding" for e in exts)
+
+
+def test_neutron_standin_app():
+    """The stand-in (DEVCLOUD_NEUTRON=standin) answers reads, refuses writes."""
+    from devcloud import neutron_standin
+    seen = {}
+
+    def call(method, path, query=""):
+        body = b"".join(neutron_standin.application(
+            {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+             "HTTP_HOST": "127.0.0.1:1"},
+            lambda status, headers: seen.update(status=status)))
+        return seen["status"], json.loads(body)
+
+    assert call("GET", "/v2.0/ports", "device_id=x") == ("200 OK", {"ports": []})
+    assert call("GET", "/v2.0/security-groups")[1] == {"security_groups": []}
+    status, body = call("POST", "/v2.0/networks")
+    assert status.startswith("501") and "stand-in" in body["NeutronError"]["message"]
+    assert call("GET", "/")[1]["versions"][0]["id"] == "v2.0"
 
 
 def test_image_list(cloud):
