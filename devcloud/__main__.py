@@ -9,7 +9,6 @@ status   PIDs, RSS (MiB) and state dir size
 
 import argparse
 import json
-import os
 import sys
 
 from devcloud.cloud import Cloud, CloudError
@@ -39,7 +38,7 @@ def main(argv=None):
         if args.cmd == "up":
             took = cloud.up()
             print(f"# devcloud up in {took:.1f}s; state, logs, PIDs in {cloud.state}")
-            print(f"# stop: python -m devcloud down    (as admin: python -m devcloud env --admin)")
+            print("# stop: python -m devcloud down    (as admin: python -m devcloud env --admin)")
             print(exports(cloud, user))
         elif args.cmd == "down":
             cloud.down()

@@ -19,7 +19,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    from nova.cmd import compute      # noqa: monkey patches first
+    from nova.cmd import compute  # noqa: I001  (monkey patches first)
     import nova.virt
     shim = os.path.join(TOP, "nova", "virt")
     if os.path.isdir(os.path.join(shim, "docker2vm")) and shim not in nova.virt.__path__:
