@@ -794,11 +794,13 @@ extension_drivers =
                 self.log(f"{svc} started")
 
     def prepare_base_vm(self):
-        """For the docker2vm driver: the base VM (`docker2vm base-image`,
-        built once into STATE/base) unless [docker2vm] options name one."""
-        if not self.compute_driver.startswith("docker2vm."):
-            return
-        if "base_kernel" in self.docker2vm_opts or "base_vm_image" in self.docker2vm_opts:
+        """The base VM (`docker2vm base-image --boot-disk`, built once into
+        STATE/base): its boot.qcow2 is the plain image of the tests with any
+        driver; the docker2vm driver boots containers on its kernel and
+        initrd unless [docker2vm] options name others."""
+        docker2vm = self.compute_driver.startswith("docker2vm.")
+        if docker2vm and ("base_kernel" in self.docker2vm_opts
+                          or "base_vm_image" in self.docker2vm_opts):
             return
         base = self.path("base")
         files = {k: os.path.join(base, f) for k, f in (("base_kernel", "vmlinux"),
@@ -811,6 +813,8 @@ extension_drivers =
             cache = os.environ.get("DEVCLOUD_CACHE") or self.path("cache")
             self.run([venv_bin("docker2vm"), "base-image", "-o", base, "--boot-disk",
                       "--cache-dir", cache], what="docker2vm base-image")
+        if not docker2vm:
+            return
         self.docker2vm_opts.update(files)
         with open(os.path.join(base, "cmdline")) as f:
             self.docker2vm_opts["base_cmdline"] = f.read().strip()
