@@ -319,6 +319,20 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
             instance.metadata = md
         return status
 
+    def get_console_output(self, context, instance):
+        """As the stock driver; for a docker2vm instance that has shut off
+        (the container exited, or was stopped) the stock driver finds no
+        console in the stopped domain: the log virtlogd wrote is returned,
+        so ``openstack console log show`` gives the container's output and
+        its exit status line."""
+        try:
+            return super().get_console_output(context, instance)
+        except exception.ConsoleNotAvailable:
+            path = self._get_console_log_path(instance)
+            if self._spec_for(instance) is None or not os.path.exists(path):
+                raise
+            return self._get_console_output_file(instance, path)
+
     def get_info(self, instance, use_cache=True):
         info = super().get_info(instance, use_cache=use_cache)
         if info.state in (power_state.SHUTDOWN, power_state.CRASHED):

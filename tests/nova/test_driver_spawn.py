@@ -9,7 +9,7 @@ import time
 from unittest import mock
 
 import pytest
-from nova import objects
+from nova import exception, objects
 from nova.compute import power_state
 from nova.virt import hardware
 from nova.virt.libvirt import driver as libvirt_driver
@@ -476,6 +476,17 @@ class TestExitStatus(SpawnTestCase):
                                      uuid="44444444-4444-4444-8444-444444444444")
         self.assertIsNone(self.drv.record_exit_status(inst))
         self.assertEqual(inst.metadata, {})
+
+    def test_console_log_of_a_shut_off_container(self):
+        # The stopped domain has no console for the stock driver to find.
+        with mock.patch.object(libvirt_driver.LibvirtDriver, "get_console_output",
+                               side_effect=exception.ConsoleNotAvailable()):
+            out = self.drv.get_console_output(self.context, self.inst)
+            self.assertIn(b"docker2vm: exit status 137", out)
+            plain = novakit.make_instance(image_ref=novakit.PLAIN_IMAGE_ID,
+                                          uuid="55555555-5555-4555-8555-555555555555")
+            self.assertRaises(exception.ConsoleNotAvailable,
+                              self.drv.get_console_output, self.context, plain)
 
 
 def test_guest_files_validate_like_the_contract():
