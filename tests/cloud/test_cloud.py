@@ -194,9 +194,6 @@ def test_start_again_runs_the_container_again(cloud, container_server):
         assert GREETING in f.read()
 
 
-@pytest.mark.xfail(reason="stock LibvirtDriver.get_console_output needs a running domain "
-                          "(pty console); the docker2vm driver does not read console.log "
-                          "of a stopped server yet", strict=False)
 def test_console_log_show_after_shutoff(cloud, container_server):
     cloud.wait_server("c1", {"SHUTOFF"}, timeout=300)
     out = cloud.openstack("console", "log", "show", "c1").stdout
