@@ -182,17 +182,33 @@ def resolve(config, hostname, metadata=None, stop_timeout=None):
             "hostname": hostname or ""}
 
 
-def render_guest_files(config, hostname, metadata=None, rootfs=None, stop_timeout=None):
+def upper_spec(serial):
+    """The ``docker2vm/upper`` line for a share's per-instance upper disk
+    (``disk:SERIAL``); ContractError for a bad serial."""
+    if not _ID_RE.match(serial or "") or len(serial) > _ID_MAX["disk"]:
+        raise ContractError(f"upper disk serial {serial!r} must be 1-{_ID_MAX['disk']} "
+                            "characters of [A-Za-z0-9._-]")
+    return f"disk:{serial}"
+
+
+def render_guest_files(config, hostname, metadata=None, rootfs=None, stop_timeout=None,
+                       upper=None):
     """``{relative path: bytes}`` to place at the root of the config drive.
 
     ``config``: a ContainerConfig; ``hostname``: the instance's hostname;
     ``metadata``: the server metadata (``docker_*`` keys override, see
     :data:`METADATA_KEYS`); ``rootfs``: a :class:`RootfsDelivery`;
     ``stop_timeout``: seconds between the stop signal and SIGKILL (the
-    driver passes something below Nova's ``shutdown_timeout``).
+    driver passes something below Nova's ``shutdown_timeout``); ``upper``: for
+    a read-only share, the serial of the per-instance disk (empty ext4) that
+    holds the container's writes instead of a tmpfs (``docker2vm/upper`` =
+    ``disk:SERIAL``; without it the file is absent).
     """
     if not isinstance(rootfs, RootfsDelivery):
         raise ContractError("rootfs delivery (disk serial or share tag) is required")
+    if upper is not None and (rootfs.kind == "disk" or rootfs.private):
+        raise ContractError("an upper disk is only for a read-only share delivery")
+    upper_line = upper_spec(upper) if upper is not None else None
     r = resolve(config, hostname, metadata, stop_timeout)
     files = {
         "version": (CONTRACT_VERSION + "\n").encode(),
@@ -208,4 +224,6 @@ def render_guest_files(config, hostname, metadata=None, rootfs=None, stop_timeou
         "config.json": json.dumps({"image": config.to_dict(), "effective": r},
                                   indent=1, sort_keys=True).encode(),
     }
+    if upper_line is not None:
+        files["upper"] = _line(upper_line, "upper")
     return {PREFIX + k: v for k, v in files.items()}

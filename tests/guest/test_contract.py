@@ -49,6 +49,26 @@ def test_render_entrypoint_override_drops_cmd_and_shell_form():
     assert f["docker2vm/workdir"] == b"/\n"
 
 
+def test_render_upper_disk_for_a_read_only_share():
+    c = cfg(cmd=["/x"])
+    plain = contract.render_guest_files(c, "h", {}, contract.RootfsDelivery.virtiofs("t"))
+    assert "docker2vm/upper" not in plain
+    f = contract.render_guest_files(c, "h", {}, contract.RootfsDelivery.virtiofs("t"),
+                                    upper="docker2vm-upper")
+    assert f["docker2vm/upper"] == b"disk:docker2vm-upper\n"
+    assert f["docker2vm/rootfs"] == b"virtiofs:t\n"
+    assert {k: v for k, v in f.items() if k != "docker2vm/upper"} == plain
+    f = contract.render_guest_files(c, "h", {}, contract.RootfsDelivery.share_9p("t"), upper="u")
+    assert f["docker2vm/upper"] == b"disk:u\n"
+    for rootfs, upper in ((contract.RootfsDelivery.disk("s"), "u"),
+                          (contract.RootfsDelivery.virtiofs("t", private=True), "u"),
+                          (contract.RootfsDelivery.virtiofs("t"), "bad serial"),
+                          (contract.RootfsDelivery.virtiofs("t"), "x" * 21),
+                          (contract.RootfsDelivery.virtiofs("t"), "")):
+        with pytest.raises(contract.ContractError):
+            contract.render_guest_files(c, "h", {}, rootfs, upper=upper)
+
+
 @pytest.mark.parametrize("meta", [{"docker_cmd": "not json"}, {"docker_cmd": "[1]"},
                                   {"docker_env": '["NOEQUALS"]'},
                                   {"docker_stop_signal": "SIGNOPE"},
