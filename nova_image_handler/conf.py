@@ -74,6 +74,18 @@ opts = [
              "change the tree all instances of the image share. 9p exports carry "
              "<readonly/> as well."),
     cfg.StrOpt(
+        "upper_serial", default="docker2vm-upper",
+        help="Serial (at most 20 characters of [A-Za-z0-9._-]) of the per-instance "
+             "virtio disk holding a docker_delivery=share container's writes (the "
+             "overlay's upper layer; docker2vm/upper = disk:SERIAL). The disk is "
+             "disk.docker2vm-upper in the instance directory: an empty ext4 made by "
+             "the host, kept across stop/start and hard reboot, removed with the "
+             "instance directory on rebuild and delete."),
+    cfg.IntOpt(
+        "upper_default_gb", default=1, min=1,
+        help="Size in GiB of a docker_delivery=share instance's upper disk when its "
+             "flavor has no root disk (root_gb = 0); otherwise it is root_gb."),
+    cfg.StrOpt(
         "virtiofsd_path", default="/usr/lib/qemu/virtiofsd",
         help="The virtiofsd binary libvirt starts for virtiofs shares (Debian 12: "
              "the C virtiofsd in qemu-system-common)."),

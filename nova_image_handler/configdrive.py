@@ -20,7 +20,8 @@ def guest_files(spec, handler, instance, stop_timeout):
     return contract.render_guest_files(
         spec.config, instance.hostname or instance.name,
         metadata=dict(instance.metadata or {}),
-        rootfs=handler.rootfs_delivery(), stop_timeout=stop_timeout)
+        rootfs=handler.rootfs_delivery(), stop_timeout=stop_timeout,
+        upper=handler.upper_serial())
 
 
 class ContainerInstanceMetadata(instance_metadata.InstanceMetadata):

@@ -20,6 +20,7 @@ a complete domain XML::
          "config": "/x/disk.config",       # the config drive (iso9660)
          "base": "/x/disk.docker2vm-base", # base_vm_image only: the overlay to boot
          "share": "/x/tree",               # share: the unpacked tree
+         "upper": "/x/disk.docker2vm-upper",  # share: the instance's upper disk
          "console": "/x/console.log"},
         share_driver="virtiofs")           # or "9p"
 """
@@ -165,7 +166,8 @@ def apply_container(guest, handler, base, paths):
     ``handler``: the image's handler (adds the rootfs disk serial or the
     share); ``base``: a :class:`~nova_image_handler.basevm.BaseVM`;
     ``paths``: ``root_dev`` (target of Nova's root disk), ``base`` (the
-    base_vm_image overlay), ``share`` (the unpacked tree)."""
+    base_vm_image overlay), ``share`` (the unpacked tree), ``upper`` (a share
+    instance's upper disk)."""
     handler.configure_guest(guest, paths)
     base.configure_guest(guest, paths.get("base"))
     return guest
@@ -244,5 +246,5 @@ def domain_xml(instance, properties, base, disks, share_driver="virtiofs",
     guest = _standalone_guest(instance, disks, virt_type, machine_type, memory_mb, vcpus)
     apply_container(guest, handler, base,
                     {"root_dev": ROOT_DEV, "base": disks.get("base"),
-                     "share": disks.get("share")})
+                     "share": disks.get("share"), "upper": disks.get("upper")})
     return guest.to_xml()

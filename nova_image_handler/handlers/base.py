@@ -35,6 +35,11 @@ class ImageHandler(abc.ABC):
     def rootfs_delivery(self):
         """The :class:`docker_rootfs.guest.contract.RootfsDelivery` the guest reads."""
 
+    def upper_serial(self):
+        """Serial of the per-instance disk for the container's writes over a
+        read-only share (``docker2vm/upper``), or None."""
+        return None
+
     def guest_paths(self, instance, spec):
         """Host paths this handler puts into the XML (``share``: the tree)."""
         return {}

@@ -6,8 +6,12 @@ download for many concurrent spawns); this handler then unpacks it, once
 per image per host under a lock (:mod:`nova_image_handler.unpack`, the
 shared core's flattener with the import's limits), and exports the tree
 read-only to the guest by virtiofs (libvirt starts virtiofsd sandboxed;
-guest memory becomes shared memfd) or 9p. The guest puts a tmpfs overlay
-on top (docs/guest-contract.md): container writes stay in guest RAM.
+guest memory becomes shared memfd) or 9p. The guest puts an overlay on
+top (docs/guest-contract.md) whose upper layer is the instance's own disk
+(:mod:`nova_image_handler.upper`, ``disk.docker2vm-upper`` in the instance
+directory, serial ``[docker2vm] upper_serial``): the container's writes
+persist across stop/start and hard reboot and go with the instance
+directory on rebuild and delete.
 The tree is a read-only bind mount (``[docker2vm] share_readonly_mount``):
 virtiofs itself cannot export read-only with QEMU 7.2 / libvirt 9.0.
 """
@@ -15,9 +19,10 @@ virtiofs itself cannot export read-only with QEMU 7.2 / libvirt 9.0.
 import os
 
 from nova.conf import CONF as NOVA_CONF
+from nova.virt.libvirt import utils as libvirt_utils
 
 from docker_rootfs.guest.contract import RootfsDelivery
-from nova_image_handler import errors, guestxml, unpack
+from nova_image_handler import errors, guestxml, unpack, upper
 from nova_image_handler.handlers import base
 
 
@@ -53,6 +58,14 @@ class ShareHandler(base.ImageHandler):
             return RootfsDelivery.virtiofs(self.opts.share_tag)
         return RootfsDelivery.share_9p(self.opts.share_tag)
 
+    def upper_serial(self):
+        return self.opts.upper_serial
+
+    def _upper(self, instance):
+        """Create the instance's upper disk unless it exists; its path."""
+        return upper.create(libvirt_utils.get_instance_path(instance),
+                            upper.size_bytes(instance, self.opts.upper_default_gb))
+
     def prepare(self, context, instance, spec, root_base_path):
         from docker_rootfs import errors as core_errors
         from docker_rootfs import opts as core_opts
@@ -66,17 +79,25 @@ class ShareHandler(base.ImageHandler):
                 image_id=spec.image_id,
                 reason=f"docker_delivery=share: the image's archive cannot be unpacked: "
                        f"{exc}") from None
+        self._upper(instance)
 
     def guest_paths(self, instance, spec):
         path = unpack.tree_path(self.share_dir, spec.image_id)
         if self.opts.share_readonly_mount and os.path.isdir(path):
             # again at every (re)boot: a host reboot drops the bind mount
             unpack.ensure_read_only(path)
-        return {"share": path}
+        paths = {"share": path}
+        if os.path.isdir(libvirt_utils.get_instance_path(instance)):
+            # kept by stop/start and hard reboot; re-created (empty) if it
+            # went missing, before Nova stats the XML's disks
+            paths["upper"] = self._upper(instance)
+        return paths
 
     def configure_guest(self, guest, paths):
         guestxml.add_share(guest, self.kind, paths["share"], self.opts.share_tag,
                            self.opts.virtiofsd_path if self.kind == "virtiofs" else None)
+        if paths.get("upper"):
+            upper.add_disk(guest, paths["upper"], self.opts.upper_serial)
 
     def manage_cache(self, used_image_ids):
         return unpack.remove_unused(self.share_dir, used_image_ids,

@@ -16,7 +16,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import imagecache
 
 from docker_rootfs.guest import contract
-from nova_image_handler import errors, unpack
+from nova_image_handler import errors, unpack, upper
 from nova_image_handler import spec as spec_mod
 from tests.core import layerkit, ocikit
 from tests.nova import novakit
@@ -401,6 +401,126 @@ class TestShare(SpawnTestCase):
         self.assertTrue(os.path.isdir(fresh))
 
 
+def ext4_magic(path):
+    with open(path, "rb") as f:
+        f.seek(1024 + 0x38)
+        return f.read(2) == b"\x53\xef"
+
+
+class TestShareUpperDisk(SpawnTestCase):
+    """A share instance's writes go to its own disk in the instance directory:
+    created empty (ext4) at spawn, sized to the flavor, kept by stop/start and
+    hard reboot, removed with the instance directory."""
+
+    def setUp(self):
+        super().setUp()
+        self.images[novakit.IMAGE_ID] = novakit.container_properties("share")
+        self.spec = self.drv.container_spec_from_image(self.context, self.inst)
+        self.drv._specs[self.inst.uuid] = self.spec
+        base_dir = os.path.join(self.instances_path, "_base")
+        os.makedirs(base_dir)
+        self.archive = os.path.join(base_dir, imagecache.get_cache_fname(novakit.IMAGE_ID))
+        oci_archive(self.archive, hostile_entries())
+        self.upper = os.path.join(self.inst_dir(), "disk.docker2vm-upper")
+
+    def create_image(self):
+        """The driver's _create_image over a stand-in of Nova's (the root disk)."""
+        def stock_create_image(context, instance, *a, **k):
+            os.makedirs(self.inst_dir(instance), exist_ok=True)
+            with open(os.path.join(self.inst_dir(instance), "disk"), "wb"):
+                pass
+            return True, True
+        info = self.disk_info(self.inst, self.image_meta())
+        with mock.patch.object(libvirt_driver.LibvirtDriver, "_create_image",
+                               side_effect=stock_create_image):
+            return self.drv._create_image(self.context, self.inst, info["mapping"])
+
+    def test_created_empty_ext4_sized_to_the_root_disk(self):
+        self.create_image()
+        st = os.stat(self.upper)
+        self.assertEqual(st.st_size, 1024 ** 3)             # flavor root_gb=1
+        self.assertLess(st.st_blocks * 512, 64 * 1024 ** 2)  # sparse
+        self.assertTrue(ext4_magic(self.upper))
+        listing = subprocess.run(["debugfs", "-R", "ls -l /", self.upper],
+                                 capture_output=True, text=True, check=True).stdout
+        names = {ln.split()[-1] for ln in listing.splitlines() if ln.strip()}
+        self.assertEqual(names, {".", "..", "lost+found"})
+        self.assertFalse(os.path.exists(self.upper + ".part"))
+
+    def test_default_size_without_a_root_disk(self):
+        self.flags(upper_default_gb=2, group="docker2vm")
+        self.inst.flavor.root_gb = 0
+        self.inst.root_gb = 0
+        self.create_image()
+        self.assertEqual(os.path.getsize(self.upper), 2 * 1024 ** 3)
+
+    def test_survives_power_on_and_hard_reboot_xml_rebuilds(self):
+        self.create_image()
+        with open(self.upper, "r+b") as f:        # the guest's writes
+            f.seek(1024 ** 3 - 4096)
+            f.write(b"container writes")
+        ino = os.stat(self.upper).st_ino
+        fresh = self.make_driver()                # nova-compute restarted, power_on
+        fresh._image_api.get.side_effect = AssertionError("no image API on power_on")
+        xml = self.guest_xml(fresh, self.inst)
+        self.assertEqual(xml.count("<serial>docker2vm-upper</serial>"), 1)
+        # hard reboot: Nova re-creates missing files of the XML's disks
+        from nova.virt.libvirt import config as vconfig
+        conf = vconfig.LibvirtConfigGuest()
+        conf.parse_str(xml)
+        # (this test's stand-in root disk and config drive are empty files)
+        conf.devices = [d for d in conf.devices if getattr(d, "source_path", "") == self.upper]
+        info = fresh._get_instance_disk_info_from_config(conf, None)
+        self.assertIn(self.upper, [i["path"] for i in info])
+        with mock.patch.object(fresh, "_try_fetch_image_cache") as fetch, \
+                mock.patch.object(fresh, "_fetch_instance_kernel_ramdisk"):
+            fresh._create_images_and_backing(self.context, self.inst, self.inst_dir(),
+                                             [i for i in info if i["path"] == self.upper])
+        fetch.assert_not_called()
+        self.assertEqual(os.stat(self.upper).st_ino, ino)
+        with open(self.upper, "rb") as f:
+            f.seek(1024 ** 3 - 4096)
+            self.assertEqual(f.read(16), b"container writes")
+        # lost meanwhile: the next XML build makes a new empty one, Nova never
+        # gets a missing disk
+        os.unlink(self.upper)
+        self.guest_xml(fresh, self.inst)
+        self.assertTrue(ext4_magic(self.upper))
+
+    def test_gone_with_the_instance_directory(self):
+        self.create_image()
+        self.assertTrue(os.path.isfile(self.upper))
+        self.drv.delete_instance_files(self.inst)
+        self.assertFalse(os.path.exists(self.inst_dir()))
+
+    def test_failed_format_leaves_nothing(self):
+        from oslo_concurrency import processutils
+        with mock.patch.object(upper.processutils, "execute",
+                               side_effect=processutils.ProcessExecutionError("mke2fs: no")):
+            self.assertRaises(processutils.ProcessExecutionError, self.create_image)
+        self.assertFalse(os.path.exists(self.inst_dir()))
+
+    def test_rebuild_gets_a_new_empty_one(self):
+        # rebuild = destroy (instance directory removed) + spawn
+        self.create_image()
+        with open(self.upper, "r+b") as f:
+            f.seek(1024 ** 3 - 4096)
+            f.write(b"old")
+        self.drv.delete_instance_files(self.inst)
+        self.create_image()
+        with open(self.upper, "rb") as f:
+            f.seek(1024 ** 3 - 4096)
+            self.assertEqual(f.read(3), b"\0\0\0")
+
+    def test_disk_delivery_has_none(self):
+        self.images[novakit.IMAGE_ID] = novakit.container_properties("disk")
+        self.drv._specs[self.inst.uuid] = self.drv.container_spec_from_image(
+            self.context, self.inst)
+        self.create_image()
+        self.assertFalse(os.path.exists(self.upper))
+        self.assertNotIn("docker2vm-upper", self.guest_xml(self.drv, self.inst))
+
+
 class TestConfigDrive(SpawnTestCase):
 
     def read_iso(self, iso, path):
@@ -420,11 +540,26 @@ class TestConfigDrive(SpawnTestCase):
         iso = os.path.join(self.inst_dir(), "disk.config")
         self.assertEqual(self.read_iso(iso, "/docker2vm/argv"), b"/bin/echo\0hello\0")
         self.assertEqual(self.read_iso(iso, "/docker2vm/rootfs"), b"disk:docker2vm-root\n")
+        listing = subprocess.run(["isoinfo", "-J", "-f", "-i", iso],
+                                 capture_output=True, text=True, check=True).stdout
+        self.assertNotIn("docker2vm/upper", listing)        # disk delivery: no upper
         env = self.read_iso(iso, "/docker2vm/env").split(b"\0")
         self.assertIn(b"A=1", env)
         self.assertIn(b"B=2", env)
         self.assertEqual(self.read_iso(iso, "/docker2vm/stop_timeout"), b"10\n")
         self.assertIn(b'"uuid"', self.read_iso(iso, "/openstack/latest/meta_data.json"))
+
+    def test_share_guest_files_name_the_upper_disk(self):
+        self.images[novakit.IMAGE_ID] = novakit.container_properties("share")
+        self.drv._specs[self.inst.uuid] = self.drv.container_spec_from_image(
+            self.context, self.inst)
+        os.makedirs(self.inst_dir())
+        info = libvirt_driver.InjectionInfo(network_info=[], files=[], admin_pass=None)
+        with mock.patch.object(self.drv, "_build_device_metadata", return_value=None):
+            self.drv._create_configdrive(self.context, self.inst, info)
+        iso = os.path.join(self.inst_dir(), "disk.config")
+        self.assertEqual(self.read_iso(iso, "/docker2vm/rootfs"), b"virtiofs:docker2vm-root\n")
+        self.assertEqual(self.read_iso(iso, "/docker2vm/upper"), b"disk:docker2vm-upper\n")
 
     def test_plain_instance_config_drive_has_no_guest_files(self):
         inst = novakit.make_instance(image_ref=novakit.PLAIN_IMAGE_ID, config_drive="True")

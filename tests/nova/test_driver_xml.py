@@ -84,6 +84,7 @@ class TestDomainXML(novakit.DriverTestCase):
         self.assertIsNone(dom.find("devices/filesystem"))
         self.assertIsNone(dom.find("memoryBacking"))
         self.assertEqual(len(dom.findall("devices/disk")), 2)
+        self.assertNotIn("docker2vm-upper", xml)       # only share instances have one
 
     def test_disk_base_vm_image_boots_a_per_instance_overlay(self):
         self.flags(base_vm_image=self.boot_qcow2, group="docker2vm")
@@ -124,7 +125,20 @@ class TestDomainXML(novakit.DriverTestCase):
         self.assertEqual(mb.find("access").get("mode"), "shared")
         self.assertEqual(dom.findtext("os/kernel"), self.kernel)
         # Nova's root disk (the archive's overlay) carries no serial: not the rootfs
-        self.assertIsNone(dom.find("devices/disk/serial"))
+        self.assertIsNone(disk_by_dev(dom, "vda").find("serial"))
+        self.assert_upper_disk(dom, inst)
+
+    def assert_upper_disk(self, dom, inst):
+        # the instance's own writable disk for the container's writes
+        upper = dom.findall("devices/disk[serial='docker2vm-upper']")
+        self.assertEqual(len(upper), 1)
+        path = os.path.join(self.instances_path, inst.uuid, "disk.docker2vm-upper")
+        self.assertEqual(upper[0].find("source").get("file"), path)
+        self.assertEqual(upper[0].find("driver").get("type"), "raw")
+        self.assertEqual(upper[0].find("target").get("bus"), "virtio")
+        self.assertTrue(os.path.isfile(path))
+        targets = [d.find("target").get("dev") for d in dom.findall("devices/disk")]
+        self.assertEqual(len(targets), len(set(targets)))
 
     def test_share_9p(self):
         self.flags(share_driver="9p", group="docker2vm")
@@ -135,6 +149,7 @@ class TestDomainXML(novakit.DriverTestCase):
         self.assertEqual(fs.get("accessmode"), "squash")
         self.assertIsNotNone(fs.find("readonly"))
         self.assertIsNone(dom.find("memoryBacking"))
+        self.assert_upper_disk(dom, inst)
 
     def test_xml_rebuilt_from_the_saved_spec_after_a_restart(self):
         drv, inst, xml = self.container_xml("disk")
@@ -179,3 +194,9 @@ class TestStandaloneDomainXML(novakit.DriverTestCase):
                                           disks, share_driver=kind))
             self.assertEqual(s.find("devices/filesystem/source").get("dir"), "/s/tree")
             self.assertEqual(s.find("memoryBacking") is not None, kind == "virtiofs")
+            self.assertIsNone(s.find("devices/disk[serial='docker2vm-upper']"))
+            u = parse(guestxml.domain_xml(inst, novakit.container_properties("share"), direct,
+                                          dict(disks, upper="/i/disk.docker2vm-upper"),
+                                          share_driver=kind))
+            self.assertEqual(u.find("devices/disk[serial='docker2vm-upper']/source").get("file"),
+                             "/i/disk.docker2vm-upper")
