@@ -9,8 +9,10 @@
  *   2. finds the config drive (iso9660 or vfat labelled config-2: virtio
  *      disks first, then IDE/SATA cdroms) and copies its docker2vm/ files;
  *   3. mounts the container root (disk by serial, grown online; or a 9p or
- *      virtiofs share by tag, with a tmpfs overlay unless the share is a
- *      private copy);
+ *      virtiofs share by tag, with an overlay unless the share is a
+ *      private copy: its upper layer on the instance's upper disk when
+ *      docker2vm/upper names one (disk:SERIAL, ext4, grown online), else
+ *      a tmpfs);
  *   4. mounts /proc /sys /dev /dev/pts /dev/shm (/tmp /run) inside it, waits
  *      for DHCP, bind-mounts /etc/hosts, /etc/resolv.conf, /etc/hostname;
  *      resolves the user in the container's own passwd and group files;
@@ -1053,10 +1055,23 @@ static void mount_root(void)
     if (strcmp(kind, "disk") && strcmp(kind, "part")) {
         if (rw) {
             if (mount(LOWER, ROOT, NULL, MS_MOVE, NULL)) die("cannot move the share to the root: %s", strerror(errno));
-        } else {  /* the share stays untouched: writes go to a tmpfs upper layer */
+        } else {  /* the share stays untouched: writes go to an upper layer, on the
+                   * instance's upper disk (docker2vm/upper = disk:SERIAL) or a tmpfs */
             need_group("overlay", "overlayfs");
             mkdir("/run/d2v/rw", 0755);
-            if (mount("d2v-upper", "/run/d2v/rw", "tmpfs", 0, "mode=0755")) die("tmpfs for the overlay: %s", strerror(errno));
+            char *upper = line_of(CFG, "upper");
+            if (*upper) {
+                if (strncmp(upper, "disk:", 5) || !upper[5]) die("unknown upper delivery '%s'", upper);
+                need_group("disk", "ext4");
+                char dev[64], path[96];
+                find_disk(upper + 5, dev, sizeof dev);
+                if (!*dev) die("no upper disk with serial %s", upper + 5);
+                snprintf(path, sizeof path, "/dev/%s", dev);
+                if (mount(path, "/run/d2v/rw", "ext4", MS_NOSUID | MS_NODEV, NULL))
+                    die("cannot mount the upper disk %s (serial %s) as ext4: %s", path, upper + 5, strerror(errno));
+                resize("/run/d2v/rw", path);
+            } else if (mount("d2v-upper", "/run/d2v/rw", "tmpfs", 0, "mode=0755")) die("tmpfs for the overlay: %s", strerror(errno));
+            free(upper);
             mkdir("/run/d2v/rw/upper", 0755);
             mkdir("/run/d2v/rw/work", 0755);
             if (mount("d2v-root", ROOT, "overlay", 0,

@@ -333,8 +333,9 @@ def test_share_virtiofs(lv, instances_path, base, probe_archive):
     refuses ``<readonly/>`` for virtiofs (and ``<cache mode='auto'/>``;
     both found by this test): the tree is a read-only bind mount instead,
     made by the driver through privsep and checked here during the run.
-    The container's writes land in the guest's tmpfs overlay: the host
-    tree is unchanged; the handler's cache pass unmounts and removes it."""
+    The container's writes land in the guest's overlay, on the instance's
+    upper disk: the host tree is unchanged; the handler's cache pass
+    unmounts and removes it."""
     out = _share_test(lv, instances_path, base, probe_archive, "virtiofs")
     xml = out["xml"]
     assert 'type="virtiofs"' in xml
@@ -394,6 +395,66 @@ def test_stop_by_power_button_then_start(lv, instances_path, base):
     assert second["shutoff"] is not None
     assert second["metadata"].get("docker2vm_exit_status") == "5"
     print(f"stop: power_off returned {out['stop_s']:.1f}s after the press")
+
+
+# A share container that remembers: the second run sees the first run's write.
+REMEMBER = r"""#!/bin/sh
+if [ -f /data/marker ]; then echo "SECOND-RUN $(cat /data/marker)"; exit 5; fi
+echo first-run >/data/marker && sync
+echo "UPPER=$(awk '$2 == "/" {print $3}' /proc/mounts)"
+exit 4
+"""
+
+
+def test_share_writes_persist_across_stop_start(lv, instances_path, base):
+    """docker_delivery=share by virtiofs: the container's writes go to the
+    instance's own upper disk (``disk.docker2vm-upper`` in the instance
+    directory, ``<serial>docker2vm-upper</serial>``, named to the guest by
+    ``docker2vm/upper``), not a tmpfs: the first run writes /data/marker and
+    exits (the VM powers itself off, the guest remounts the upper disk
+    read-only), ``power_on`` (Nova's hard reboot path, XML regenerated from
+    ``docker2vm.json``) runs it again on the same disk and it sees the file,
+    like ``docker start``. The shared host tree never changes; deleting the
+    instance removes the upper disk with the instance directory."""
+    from nova_image_handler import unpack
+    archive = images.build_archive("nova-remember", {"/bin/remember": REMEMBER},
+                                   {"entrypoint": ["/bin/remember"]})
+    tarball, props = kit.glance_share_image(archive)
+    second = {}
+
+    def start_again(ctx, inst, inst_dir, out):
+        from nova.network import model as network_model
+        second["upper_before"] = os.stat(os.path.join(inst_dir, "disk.docker2vm-upper")).st_ino
+        with mock.patch.object(inst, "save"):
+            nc.driver.power_on(ctx, inst, network_model.NetworkInfo([]))
+        console = kit.Console(os.path.join(inst_dir, "console.log"))
+        second["shutoff"] = kit.wait_shutoff(lv, inst.uuid, BOOT_TIMEOUT)
+        console.poll()
+        second["console"] = console
+        nc.driver.get_info(inst)
+        second["metadata"] = dict(inst.metadata)
+        second["upper_after"] = os.stat(os.path.join(inst_dir, "disk.docker2vm-upper")).st_ino
+        tree = unpack.tree_path(os.path.join(instances_path, unpack.DEFAULT_DIR_NAME),
+                                image_id)
+        second["marker_in_tree"] = os.path.lexists(os.path.join(tree, "data", "marker"))
+
+    with kit.NovaCompute(lv, instances_path, base, share_driver="virtiofs") as nc:
+        image_id = nc.images.add(tarball, props, "raw", container_format="docker")
+        out = _boot(nc, lv, image_id, after_stop=start_again)
+        nc.driver.handler("share").manage_cache(set())
+    _assert_ran(out, 4, ["UPPER=overlay"])
+    assert len(out["xmls"]) == 2          # spawn, then power_on's regeneration
+    for xml in out["xmls"]:
+        assert xml.count("<serial>docker2vm-upper</serial>") == 1
+        assert "disk.docker2vm-upper" in xml and 'type="virtiofs"' in xml
+    assert "disk.docker2vm-upper" in out["files"]
+    console = second["console"]
+    assert "SECOND-RUN first-run" in [ln for _, ln in console.lines], console.text
+    assert console.exit_status() == 5, console.text
+    assert second["shutoff"] is not None
+    assert second["metadata"].get("docker2vm_exit_status") == "5"
+    assert second["upper_before"] == second["upper_after"]
+    assert second["marker_in_tree"] is False
 
 
 def test_harness_stand_in_domain(lv, instances_path, base, probe_archive):
