@@ -27,6 +27,7 @@ below Linux's ephemeral range (so they never clash with the tests'
 ``free_port()`` servers): ``$DEVCLOUD_PORT_BASE`` (28700) + offsets.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -671,7 +672,9 @@ extension_drivers =
         from devcloud.glance import KeystoneGlance
         return KeystoneGlance(self.path("glance"), port=self.ports["glance"],
                               database=self.db_url("glance"),
-                              authtoken=self.authtoken("glance"))
+                              authtoken=self.authtoken("glance"),
+                              # docker_delivery=bundle: the base VM built in prepare_base_vm
+                              convert_opts={"bundle_base_dir": self.path("base")})
 
     def setup_glance_db(self):
         g = self.glance
@@ -813,11 +816,26 @@ extension_drivers =
             cache = os.environ.get("DEVCLOUD_CACHE") or self.path("cache")
             self.run([venv_bin("docker2vm"), "base-image", "-o", base, "--boot-disk",
                       "--cache-dir", cache], what="docker2vm base-image")
+        self.link_base_kernels(base)
         if not docker2vm:
             return
         self.docker2vm_opts.update(files)
         with open(os.path.join(base, "cmdline")) as f:
             self.docker2vm_opts["base_cmdline"] = f.read().strip()
+
+    def link_base_kernels(self, base):
+        """Glance's bundle import rebuilds (or reuses) the base VM in
+        ``[docker_convert] bundle_base_dir`` = STATE/base with that directory
+        as its kernel cache: link the cached kernels there, so it finds the
+        kernel the base VM was built from (same inputs: nothing rebuilt, no
+        download)."""
+        cache = os.environ.get("DEVCLOUD_CACHE") or self.path("cache")
+        if os.path.realpath(cache) == os.path.realpath(base):
+            return
+        for kdir in glob.glob(os.path.join(cache, "kernel-*")):
+            link = os.path.join(base, os.path.basename(kdir))
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(kdir), link)
 
     @property
     def plain_image(self):

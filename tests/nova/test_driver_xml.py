@@ -58,7 +58,12 @@ class TestDomainXML(novakit.DriverTestCase):
 
     def test_bundle_image_is_the_stock_xml(self):
         # Approach 3 images boot by themselves: no base VM, no rootfs disk.
-        self.images[novakit.IMAGE_ID] = novakit.container_properties("bundle")
+        # The image carries what Glance stores for a bundle (docker_* plus
+        # the hw_*/img_config_drive properties of bundle_properties).
+        from docker_rootfs.guest import bundle
+        props = dict(novakit.container_properties("bundle"))
+        props.update(bundle.NOVA_PROPERTIES)
+        self.images[novakit.IMAGE_ID] = props
         ours = self.make_driver()
         inst = novakit.make_instance(config_drive="True")
         self.assertIsNone(ours.container_spec_from_image(self.context, inst))
@@ -66,7 +71,25 @@ class TestDomainXML(novakit.DriverTestCase):
                            novakit.make_instance(config_drive="True"))
         b = self.guest_xml(ours, inst)
         self.assertEqual(a, b)
-        self.assertNotIn("<kernel>", b)
+        # Stock Nova's XML for the bundle holds nothing of this project: no
+        # docker2vm name, no direct kernel boot, no virtiofs/memfd, and
+        # exactly two disks: the root disk (the bundle itself, booted by the
+        # firmware) and the config drive.
+        self.assertNotIn("docker2vm", a)
+        dom = parse(a)
+        for tag in ("kernel", "initrd", "cmdline"):
+            self.assertIsNone(dom.find("os/" + tag), tag)
+        self.assertEqual(dom.find("os/boot").get("dev"), "hd")
+        self.assertIsNone(dom.find("devices/filesystem"))
+        self.assertIsNone(dom.find("memoryBacking"))
+        disks = dom.findall("devices/disk")
+        self.assertEqual(len(disks), 2, a)
+        sources = sorted(os.path.basename(d.find("source").get("file")) for d in disks)
+        self.assertEqual(sources, ["disk", "disk.config"])
+        root = disk_by_dev(dom, "vda")
+        self.assertTrue(root.find("source").get("file").endswith(inst.uuid + "/disk"))
+        self.assertIsNone(root.find("serial"))
+        self.assertEqual(root.find("target").get("bus"), "virtio")
 
     def test_disk_direct_kernel_boot(self):
         _, inst, xml = self.container_xml("disk")
