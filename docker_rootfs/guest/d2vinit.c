@@ -1067,7 +1067,7 @@ static void mount_root(void)
                 find_disk(upper + 5, dev, sizeof dev);
                 if (!*dev) die("no upper disk with serial %s", upper + 5);
                 snprintf(path, sizeof path, "/dev/%s", dev);
-                if (mount(path, "/run/d2v/rw", "ext4", MS_NOSUID | MS_NODEV, NULL))
+                if (mount(path, "/run/d2v/rw", "ext4", 0, NULL))
                     die("cannot mount the upper disk %s (serial %s) as ext4: %s", path, upper + 5, strerror(errno));
                 resize("/run/d2v/rw", path);
             } else if (mount("d2v-upper", "/run/d2v/rw", "tmpfs", 0, "mode=0755")) die("tmpfs for the overlay: %s", strerror(errno));

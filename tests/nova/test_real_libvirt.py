@@ -424,7 +424,11 @@ def test_share_writes_persist_across_stop_start(lv, instances_path, base):
 
     def start_again(ctx, inst, inst_dir, out):
         from nova.network import model as network_model
-        second["upper_before"] = os.stat(os.path.join(inst_dir, "disk.docker2vm-upper")).st_ino
+        upper = os.path.join(inst_dir, "disk.docker2vm-upper")
+        second["upper_before"] = os.stat(upper).st_ino
+        # the guest remounted it read-only before powering off: clean, no journal to replay
+        second["upper_state"] = subprocess.run(["dumpe2fs", "-h", upper], capture_output=True,
+                                               text=True, check=True).stdout
         with mock.patch.object(inst, "save"):
             nc.driver.power_on(ctx, inst, network_model.NetworkInfo([]))
         console = kit.Console(os.path.join(inst_dir, "console.log"))
@@ -454,6 +458,8 @@ def test_share_writes_persist_across_stop_start(lv, instances_path, base):
     assert second["shutoff"] is not None
     assert second["metadata"].get("docker2vm_exit_status") == "5"
     assert second["upper_before"] == second["upper_after"]
+    state = second["upper_state"]
+    assert "Filesystem state:         clean" in state and "needs_recovery" not in state, state
     assert second["marker_in_tree"] is False
 
 
