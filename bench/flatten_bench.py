@@ -155,10 +155,11 @@ def floor(archive, out_path):
     return wall
 
 
-def timed(cmd, env=None):
+def timed(cmd, env=None, cwd=None):
     """Run cmd; return (wall seconds, peak RSS MiB) of it and its children."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -201,7 +202,9 @@ def run(args):
         for _ in range(args.repeat):
             if prepare:
                 prepare()
-            r = timed(cmd, env=env)
+            # python -m puts the working directory first on sys.path: run
+            # an older revision from its own worktree.
+            r = timed(cmd, env=env, cwd=env.get("PYTHONPATH") if env else None)
             best = r if best is None or r[0] < best[0] else best
             if cleanup:
                 cleanup()
@@ -222,11 +225,11 @@ def run(args):
         rows.append((f"floor ({label})", floors[label], size / floors[label] / 1e6, 0, label))
         print(f"bench: floor {label}: {floors[label]:.2f}s", file=sys.stderr)
         for version, env in versions:
-            tag = "" if env is None else f" [{version}]"
-            add(f"docker2vm flatten ({label}){tag}",
+            suffix = "" if env is None else f" [{version}]"
+            add(f"docker2vm flatten ({label}){suffix}",
                 [python, "-m", "docker_rootfs.cli", "flatten", "--no-progress", path,
                  "-o", out_tar], env=env, archive=label, cleanup=lambda: os.unlink(out_tar))
-            add(f"docker2vm convert ({label}){tag}",
+            add(f"docker2vm convert ({label}){suffix}",
                 [python, "-m", "docker_rootfs.cli", "convert", "--no-progress", path,
                  "-o", out_disk], env=env, archive=label, cleanup=lambda: os.unlink(out_disk))
     if args.skip_tools:
