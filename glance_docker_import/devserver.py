@@ -238,7 +238,8 @@ class DevServer:
                "--threads", str(self.threads), "--timeout", "0",
                "--graceful-timeout", "10", "--pid", self.pidfile,
                "--error-logfile", os.path.join(self.dir, "gunicorn.log"),
-               "glance.wsgi.api:application"]
+               # gunicorn 27 would otherwise create ~/.gunicorn/gunicorn.ctl
+               "--no-control-socket", "glance.wsgi.api:application"]
         out = open(os.path.join(self.dir, "gunicorn.out"), "ab")
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=out,
                                      stderr=subprocess.STDOUT,
