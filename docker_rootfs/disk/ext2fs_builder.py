@@ -245,16 +245,11 @@ class Populator:
         if e.xattrs:
             self._set_xattrs(ino, e.xattrs)
 
-    def _write_data_direct(self, ino, e, fd):
-        """Allocate the file's blocks with ``ext2fs_fallocate`` and copy its
-        data straight into the image file at their physical offsets: one
-        ``pwrite`` per contiguous run, instead of libext2fs's one 4 KiB
-        block write at a time. Same layout rules as :meth:`_write_data`
-        (all-zero chunks stay holes); libext2fs never caches data blocks, so
-        writing them beside it is safe."""
-        lib, fs, buf = self.lib, self.fs, self.inode.buf
-        extent = self.extent
-        handle = ctypes.c_void_p()
+    @staticmethod
+    def _data_chunks(e, fd):
+        """Yield ``(file offset, data)`` for each chunk of ``e``'s data read
+        from the tar at ``fd``; like mke2fs -d, all-zero chunks are skipped
+        (they stay holes)."""
         src = e.offset
         for off, length in (e.sparse or ((0, e.size),)):
             done = 0
@@ -265,33 +260,44 @@ class Populator:
                     raise errors.ArchiveError(
                         f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
                 src += n
-                lblk = (off + done) // BLOCK
+                if not (data == ZERO_CHUNK if n == CHUNK else n >= BLOCK and data == bytes(n)):
+                    yield off + done, data
                 done += n
-                if data == ZERO_CHUNK if n == CHUNK else (n >= BLOCK and data == bytes(n)):
-                    continue
-                nblk = (n + BLOCK - 1) // BLOCK
-                if n % BLOCK:
-                    data += bytes(nblk * BLOCK - n)
-                L.check(lib.ext2fs_fallocate(fs, L.FALLOCATE_FORCE_INIT, ino, buf, L.GOAL_AUTO,
-                                             lblk, nblk), "allocate blocks")
-                L.check(lib.ext2fs_extent_open2(fs, ino, buf, ctypes.byref(handle)),
-                        "open extents")
-                try:
-                    pos = 0
-                    view = memoryview(data)
-                    while pos < nblk:
-                        L.check(lib.ext2fs_extent_goto2(handle, 0, lblk + pos), "find extent")
-                        L.check(lib.ext2fs_extent_get(handle, L.EXTENT_CURRENT,
-                                                      ctypes.byref(extent)), "read extent")
-                        skip = lblk + pos - extent.e_lblk
-                        take = min(extent.e_len - skip, nblk - pos)
-                        if take <= 0:
-                            raise errors.ToolError("libext2fs: block not mapped after fallocate")
-                        os.pwrite(self.raw_fd, view[pos * BLOCK:(pos + take) * BLOCK],
-                                  (extent.e_pblk + skip) * BLOCK)
-                        pos += take
-                finally:
-                    lib.ext2fs_extent_free(handle)
+
+    def _write_data_direct(self, ino, e, fd):
+        """Allocate the file's blocks with ``ext2fs_fallocate`` and copy its
+        data straight into the image file at their physical offsets: one
+        ``pwrite`` per contiguous run, instead of libext2fs's one 4 KiB
+        block write at a time. Same layout rules as :meth:`_write_data`;
+        libext2fs never caches data blocks, so writing them beside it is
+        safe."""
+        lib, fs, buf = self.lib, self.fs, self.inode.buf
+        extent = self.extent
+        handle = ctypes.c_void_p()
+        for offset, data in self._data_chunks(e, fd):
+            lblk = offset // BLOCK
+            nblk = (len(data) + BLOCK - 1) // BLOCK
+            if len(data) % BLOCK:
+                data += bytes(nblk * BLOCK - len(data))
+            L.check(lib.ext2fs_fallocate(fs, L.FALLOCATE_FORCE_INIT, ino, buf, L.GOAL_AUTO,
+                                         lblk, nblk), "allocate blocks")
+            L.check(lib.ext2fs_extent_open2(fs, ino, buf, ctypes.byref(handle)), "open extents")
+            try:
+                pos = 0
+                view = memoryview(data)
+                while pos < nblk:
+                    L.check(lib.ext2fs_extent_goto2(handle, 0, lblk + pos), "find extent")
+                    L.check(lib.ext2fs_extent_get(handle, L.EXTENT_CURRENT, ctypes.byref(extent)),
+                            "read extent")
+                    skip = lblk + pos - extent.e_lblk
+                    take = min(extent.e_len - skip, nblk - pos)
+                    if take <= 0:
+                        raise errors.ToolError("libext2fs: block not mapped after fallocate")
+                    os.pwrite(self.raw_fd, view[pos * BLOCK:(pos + take) * BLOCK],
+                              (extent.e_pblk + skip) * BLOCK)
+                    pos += take
+            finally:
+                lib.ext2fs_extent_free(handle)
         self._write(ino)
 
     def _write_data(self, ino, e, fd):
@@ -301,30 +307,16 @@ class Populator:
                                       ctypes.byref(f)), "open file")
         written = self.written
         try:
-            segments = e.sparse or ((0, e.size),)
-            src = e.offset
-            for off, length in segments:
-                done = 0
-                while done < length:
-                    n = min(CHUNK, length - done)
-                    data = os.pread(fd, n, src)
-                    if len(data) != n:
-                        raise errors.ArchiveError(
-                            f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
-                    src += n
-                    # Like mke2fs -d: all-zero chunks stay holes.
-                    if not (data == ZERO_CHUNK if n == CHUNK else
-                            n >= BLOCK and data == bytes(n)):
-                        L.check(lib.ext2fs_file_llseek(f, off + done, L.SEEK_SET, None),
-                                "seek")
-                        pos = 0
-                        while pos < n:
-                            chunk = data if pos == 0 else data[pos:]
-                            L.check(lib.ext2fs_file_write(f, chunk, n - pos,
-                                                          ctypes.byref(written)), "write")
-                            if not written.value:
-                                raise errors.ToolError("libext2fs: short write")
-                            pos += written.value
-                    done += n
+            for offset, data in self._data_chunks(e, fd):
+                L.check(lib.ext2fs_file_llseek(f, offset, L.SEEK_SET, None), "seek")
+                n = len(data)
+                pos = 0
+                while pos < n:
+                    chunk = data if pos == 0 else data[pos:]
+                    L.check(lib.ext2fs_file_write(f, chunk, n - pos, ctypes.byref(written)),
+                            "write")
+                    if not written.value:
+                        raise errors.ToolError("libext2fs: short write")
+                    pos += written.value
         finally:
             L.check(lib.ext2fs_file_close(f), "close file")
