@@ -11,8 +11,8 @@ import sys
 import pytest
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHELL_SCRIPTS = ["tools/setup-env.sh", "tools/test.sh", ".ci/run", "devstack/plugin.sh",
-                 "devstack/settings"]
+SHELL_SCRIPTS = ["tools/setup-env.sh", "tools/test.sh", "tools/demo.sh", ".ci/run",
+                 "devstack/plugin.sh", "devstack/settings"]
 
 
 def test_ruff():
