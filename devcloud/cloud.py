@@ -30,6 +30,7 @@ below Linux's ephemeral range (so they never clash with the tests'
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -290,7 +291,29 @@ class Cloud:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+        self.unmount_under_state()
         self.log("cloud down")
+
+    def mounts_under_state(self):
+        """Mount points below the state dir in this mount namespace, deepest
+        last (nova-compute's read-only bind mounts of share trees)."""
+        found = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                                line.split()[4])
+                if target.startswith(self.state + "/"):
+                    found.append(target)
+        return found
+
+    def unmount_under_state(self):
+        """The share trees' read-only bind mounts stay after nova-compute
+        stops (only its image cache pass removes them): unmount them, so
+        down leaves no mount and destroy can remove the state dir."""
+        for target in reversed(self.mounts_under_state()):
+            proc = subprocess.run(["umount", target], capture_output=True, text=True)
+            if proc.returncode:
+                self.log(f"could not unmount {target}: {proc.stderr.strip()}")
 
     def destroy_domains(self):
         if not self.libvirtd.running():
