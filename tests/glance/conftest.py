@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 
 from glance_docker_import.devserver import DevServer, _venv_bin
+from tests.fixtures.build_fixtures import unmount_under
 
 CONTAINERFILE = """\
 FROM scratch
@@ -77,6 +78,7 @@ def glance_archives(tmp_path_factory):
     _tamper_layer(out["docker"], out["digest_mismatch"])
     subprocess.run(pod + ["rmi", "-a", "-f"], capture_output=True)
     shutil.rmtree(runroot, ignore_errors=True)
+    unmount_under(str(d / "root"))     # podman's overlay storage stays mounted otherwise
     return out
 
 
@@ -110,6 +112,7 @@ def build_big_archive(directory, mib):
     finally:
         shutil.rmtree(runroot, ignore_errors=True)
         shutil.rmtree(ctx, ignore_errors=True)
+        unmount_under(os.path.join(d, "big-root"))
     return out
 
 
