@@ -26,12 +26,8 @@ def default_accel():
     return "kvm" if os.environ.get("DOCKER2VM_TEST_KVM") == "1" else "tcg"
 
 
-@dataclasses.dataclass
-class Boot:
-    lines: list            # [(seconds since qemu start, text)]
-    returncode: int
-    duration: float
-    timed_out: bool = False
+class ConsoleLines:
+    """Queries over ``self.lines``, ``[(seconds, text)]`` of a guest console."""
 
     @property
     def text(self):
@@ -48,6 +44,14 @@ class Boot:
             if line.startswith("docker2vm: exit status "):
                 return int(line.split()[3])
         return None
+
+
+@dataclasses.dataclass
+class Boot(ConsoleLines):
+    lines: list            # [(seconds since qemu start, text)]
+    returncode: int
+    duration: float
+    timed_out: bool = False
 
 
 @dataclasses.dataclass

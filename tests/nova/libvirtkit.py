@@ -27,6 +27,7 @@ import time
 import uuid as uuid_mod
 from xml.sax.saxutils import escape, quoteattr
 
+from docker_rootfs.guest.qemu import ConsoleLines
 from tests.guest import images
 
 TOP = images.TOP
@@ -203,7 +204,7 @@ def stand_in_xml(inst, root, config, kernel=None, initrd=None, cmdline=None,
 
 # -- running a domain ----------------------------------------------------------
 @dataclasses.dataclass
-class DomainRun:
+class DomainRun(ConsoleLines):
     lines: list                 # [(seconds since start, text)] of the console log
     state: int                  # libvirt state at the end (VIR_DOMAIN_SHUTOFF...)
     reason: int
@@ -211,22 +212,6 @@ class DomainRun:
     timed_out: bool
     live_xml: str               # the XML libvirt ran (inactive XML after shutoff)
     pressed: float = None       # when the power button was pressed
-
-    @property
-    def text(self):
-        return "\n".join(t for _, t in self.lines)
-
-    def first(self, predicate):
-        for t, line in self.lines:
-            if predicate(line):
-                return t
-        return None
-
-    def exit_status(self):
-        for _, line in reversed(self.lines):
-            if line.startswith("docker2vm: exit status "):
-                return int(line.split()[3])
-        return None
 
 
 def _read_lines(path, offset, buf):
