@@ -2,7 +2,7 @@
 # The development cloud, one command: bash devcloud/cloud.sh up|down|env|status|destroy
 # Installs what is missing first (bindep profile "cloud" through
 # tools/setup-env.sh, then devcloud/requirements.txt into .venv), then runs
-# python -m devcloud. See docs/cloud.md.
+# python -m devcloud. See doc/source/cloud.md.
 set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DOCKER2VM_VENV:-$TOP/.venv}

@@ -2,7 +2,7 @@
 
 The Glance import plugin writes these properties on a converted image; the
 Nova image handlers read them back. This module is the one definition of
-their names and encodings (see docs/properties.md):
+their names and encodings (see doc/source/properties.md):
 
 * lists and objects are JSON text (Glance property values are strings);
 * strings are stored as they are; an absent or empty property means the
@@ -18,7 +18,7 @@ CONTRACT_VERSION = "1"
 
 DELIVERY_DISK = "disk"     # Approach 2: ext4-in-qcow2 rootfs disk
 DELIVERY_SHARE = "share"   # Approach 1: archive shared into the guest (9p/virtiofs)
-DELIVERY_BUNDLE = "bundle"  # Approach 3: self-contained bootable disk (docs/bundle.md)
+DELIVERY_BUNDLE = "bundle"  # Approach 3: self-contained bootable disk (doc/source/bundle.md)
 DELIVERIES = (DELIVERY_DISK, DELIVERY_SHARE, DELIVERY_BUNDLE)
 
 # name -> (ContainerConfig attribute, encoding)

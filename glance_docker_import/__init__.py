@@ -4,7 +4,7 @@ The plugin (:mod:`glance_docker_import.plugin`) turns a staged ``docker save``
 or OCI archive into a bootable rootfs image (``docker_delivery=disk``) or a
 validated single-layer archive (``docker_delivery=share``). The paste filter
 (:mod:`glance_docker_import.paste_filter`) exposes the ``docker-convert``
-import method name that Glance itself cannot register. See docs/glance.md.
+import method name that Glance itself cannot register. See doc/source/glance.md.
 """
 
 METHOD_NAME = "docker-convert"

@@ -16,7 +16,7 @@ goes through untouched.
 stores an ext4 root filesystem in a qcow2 disk (``disk_format=qcow2``,
 ``container_format=bare``); ``share`` stores a validated one-layer
 docker-archive (``container_format=docker``) for the 9p/virtiofs approach;
-``bundle`` stores a self-contained bootable qcow2 (docs/bundle.md).
+``bundle`` stores a self-contained bootable qcow2 (doc/source/bundle.md).
 Either way the image gains the docker_* properties of the property contract.
 
 Failure of any kind puts the image back to ``queued`` with the store listed
@@ -325,7 +325,7 @@ class _DockerConvert(task.Task):
         return out_path, attrs
 
     def _bundle(self, img, hb):
-        """Approach 3: a bootable qcow2 stock Nova boots (docs/bundle.md)."""
+        """Approach 3: a bootable qcow2 stock Nova boots (doc/source/bundle.md)."""
         from docker_rootfs.commands.convert import _created
         from docker_rootfs.guest import bundle
         from glance_docker_import import disk_adapter

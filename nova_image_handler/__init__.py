@@ -6,7 +6,7 @@ image's ``docker_delivery`` (read from the image API) picks a handler from
 the stevedore namespace ``docker2vm.nova.handlers``: ``disk`` (Approach 2:
 the Glance rootfs qcow2 is Nova's root disk, attached with the serial the
 guest looks for) or ``share`` (Approach 1: the archive unpacked once per
-host, exported read-only by virtiofs or 9p). See docs/nova.md.
+host, exported read-only by virtiofs or 9p). See doc/source/nova.md.
 
 The domain XML changes are plain functions in :mod:`nova_image_handler.guestxml`
 (:func:`~nova_image_handler.guestxml.domain_xml` builds a whole domain

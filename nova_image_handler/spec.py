@@ -2,7 +2,7 @@
 beside the instance.
 
 :func:`from_image_properties` validates the ``docker_*`` properties (the
-contract in docs/properties.md, parsed by the shared core) into a
+contract in doc/source/properties.md, parsed by the shared core) into a
 :class:`ContainerSpec`, or raises :class:`~nova_image_handler.errors.ImageError`
 naming the property. The driver reads the properties from the image API
 (full values; ``instance.system_metadata`` cuts them at 255 characters)
@@ -37,7 +37,7 @@ class ContainerSpec:
 def is_container_image(properties):
     """True when the image carries the docker2vm contract (a docker_delivery property,
     even an empty or wrong one: those are errors, not plain images). A bundle
-    (Approach 3, docs/bundle.md) is a self-contained bootable disk: it boots
+    (Approach 3, doc/source/bundle.md) is a self-contained bootable disk: it boots
     the stock way, like any plain image."""
     props = properties or {}
     return contract.DELIVERY in props and props[contract.DELIVERY] != contract.DELIVERY_BUNDLE

@@ -7,7 +7,7 @@ the flavor's root disk (``[docker2vm] upper_default_gb`` when root_gb is
 0), formatted here as an empty ext4 (``mke2fs`` on a file needs no root),
 attached as a virtio disk with ``<serial>`` ``[docker2vm] upper_serial``.
 The guest mounts it and keeps ``upper/`` and ``work/`` of its overlayfs
-there (docker2vm/upper = disk:SERIAL, docs/guest-contract.md).
+there (docker2vm/upper = disk:SERIAL, doc/source/guest-contract.md).
 
 It lives in the instance directory, so it survives stop/start and hard
 reboot (kept when it exists; re-created empty if it went missing) and is

@@ -1,7 +1,7 @@
 """``docker2vm bundle ARCHIVE -o app.qcow2``: one self-contained bootable
 disk (Approach 3): BIOS and UEFI boot path, the base VM's kernel and
 initramfs, the container configuration baked in, the rootfs partition.
-See docs/bundle.md."""
+See doc/source/bundle.md."""
 
 import json
 import os

@@ -2,7 +2,7 @@
 
 Composes ``open_image(...).flatten()`` -> a builder (docker_rootfs.disk) ->
 ``qemu-img convert``. ``--print-properties`` prints the Glance image
-properties the import plugin sets for the archive (docs/properties.md).
+properties the import plugin sets for the archive (doc/source/properties.md).
 """
 
 import json

@@ -5,7 +5,7 @@ Public API::
     from docker_rootfs.disk import build_disk, DiskOptions
     result = build_disk("rootfs.tar", "rootfs.qcow2", DiskOptions(), digest="sha256:...")
 
-See docs/disk.md for the builders, sizing and the reproducibility promise.
+See doc/source/disk.md for the builders, sizing and the reproducibility promise.
 """
 
 from docker_rootfs.disk.build import DiskResult, build_disk, derive_ids  # noqa: F401

@@ -12,7 +12,7 @@ BUILDERS = {
     "guestfs": "docker_rootfs.disk.guestfs_builder:GuestfsBuilder",
 }
 # 'auto' prefers the in-process builder (tested, reproducible, unprivileged);
-# mke2fs -d TARBALL is only picked by name (see docs/disk.md).
+# mke2fs -d TARBALL is only picked by name (see doc/source/disk.md).
 AUTO_ORDER = ("ext2fs", "mke2fs-dir", "guestfs")
 
 

@@ -72,7 +72,7 @@ def _fixups(entries):
     Known gap: ACLs carried as ``SCHILY.xattr.system.posix_acl_*`` are dropped
     by the appliance's GNU tar (it applies only ``SCHILY.acl.*``), and
     guestfish cannot pass an xattr value containing NUL bytes, so they are
-    not restored by this builder (docs/disk.md)."""
+    not restored by this builder (doc/source/disk.md)."""
     from docker_rootfs.disk import tarscan
     out = []
     dirs = [e for e in entries if e.kind == tarscan.DIR]

@@ -24,11 +24,11 @@ Both boot paths load the SAME kernel, initrds and command line. Built
 without root or loop mounts: ``sfdisk``, ``mkfs.vfat --offset``,
 ``syslinux --install --offset``, ``mcopy -i IMG@@OFFSET``, ``grub-mkimage``,
 then ``qemu-img convert``. The same archive gives a byte-identical bundle:
-the ext4 is reproducible (docs/disk.md), FAT times come from the image's
+the ext4 is reproducible (doc/source/disk.md), FAT times come from the image's
 fixed time (mtools honours ``SOURCE_DATE_EPOCH``, ``mkfs.vfat --invariant``
 with a volume id derived from the image digest), the cpio has no times.
 
-See docs/bundle.md.
+See doc/source/bundle.md.
 """
 
 import dataclasses
@@ -302,7 +302,7 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
         shutil.rmtree(work, ignore_errors=True)
 
 
-# Glance properties that help stock Nova boot a bundle (docs/properties.md).
+# Glance properties that help stock Nova boot a bundle (doc/source/properties.md).
 NOVA_PROPERTIES = {
     "hw_disk_bus": "virtio",     # the guest finds its rootfs partition on virtio (or SCSI)
     "hw_vif_model": "virtio",    # d2vinit's DHCP client; the initramfs has virtio_net only

@@ -8,7 +8,7 @@ filesystem is delivered into ``{relative path: bytes}``: small files under
 number, overrides from server metadata) is taken here, so the guest's init
 only reads values: NUL-separated lists, one-line strings, numbers.
 
-See docs/guest-contract.md.
+See doc/source/guest-contract.md.
 """
 
 import dataclasses

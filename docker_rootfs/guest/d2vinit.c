@@ -1,6 +1,6 @@
 /*
  * d2vinit: the whole init of a docker2vm guest (the initramfs's /init).
- * Contract: docs/guest-contract.md.
+ * Contract: doc/source/guest-contract.md.
  *
  * As /init (PID 1) it:
  *   1. mounts /proc /sys /dev /run, loads the base modules (virtio, power
@@ -579,7 +579,7 @@ static int read_metadata_service(void)
 /* -- a bundle's overrides: a small JSON reader ------------------------------
  * Stock Nova gives the server metadata only as JSON (meta_data.json "meta",
  * string values) and the user data as it was given. The docker_* keys are
- * applied as docs/guest-contract.md says (the host-side rules of
+ * applied as doc/source/guest-contract.md says (the host-side rules of
  * contract.resolve); server metadata wins over user data. */
 static const char *jws(const char *p)
 {

@@ -7,7 +7,7 @@ per image per host under a lock (:mod:`nova_image_handler.unpack`, the
 shared core's flattener with the import's limits), and exports the tree
 read-only to the guest by virtiofs (libvirt starts virtiofsd sandboxed;
 guest memory becomes shared memfd) or 9p. The guest puts an overlay on
-top (docs/guest-contract.md) whose upper layer is the instance's own disk
+top (doc/source/guest-contract.md) whose upper layer is the instance's own disk
 (:mod:`nova_image_handler.upper`, ``disk.docker2vm-upper`` in the instance
 directory, serial ``[docker2vm] upper_serial``): the container's writes
 persist across stop/start and hard reboot and go with the instance

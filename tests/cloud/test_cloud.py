@@ -208,7 +208,7 @@ def test_console_log_show_after_shutoff(cloud, container_server):
     assert "docker2vm: exit status 3" in out
 
 
-# -- Approach 3: the bundle (docs/bundle.md) ----------------------------------
+# -- Approach 3: the bundle (doc/source/bundle.md) ----------------------------------
 
 BUNDLE_CMD = ["/bin/sh", "-c",
               'echo "$GREETING"; echo "bundle rootfs MiB $(df -m / | awk \'NR==2 {print $2}\')"; '

@@ -41,10 +41,10 @@ GROUP_NAMES = {
 }
 
 # (image, tool) -> why that runtime's result differs from the other's and
-# is not the reference; found while building the corpus (docs/corpus.md).
+# is not the reference; found while building the corpus (doc/source/corpus.md).
 TOOL_DISAGREES = {}
 
-# image -> a core bug it shows (reported to the lead; docs/corpus.md): the
+# image -> a core bug it shows (reported to the lead; doc/source/corpus.md): the
 # tests over it are xfail(strict=True), so a fix makes them fail until the
 # entry is removed.
 CORE_BUGS = {}

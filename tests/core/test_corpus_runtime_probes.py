@@ -6,7 +6,7 @@ core accepts that runtimes refuse is justified in the docs").
 Each case is one hand-built layer (tests/fixtures/ocipatch.py, on the
 skopeo-written ``basic-exec`` layout) with a correct diff_id, packed as an
 OCI archive.  ``podman pull`` is run on it each time, so the runtime's
-verdict is a fact of this machine, not of this file.  docs/corpus.md keeps
+verdict is a fact of this machine, not of this file.  doc/source/corpus.md keeps
 the table.
 """
 

@@ -74,7 +74,7 @@ def test_mke2fs_dir_feature_tree(feature_tar, tmp_path):
         pytest.skip("the mke2fs-dir builder is the already-root optimisation")
     result, raw = build(feature_tar, tmp_path, builder="mke2fs-dir")
     assert result.builder == "mke2fs-dir"
-    # mke2fs 1.47.0 limits (docs/disk.md): post-2038 mtimes wrap, and the root
+    # mke2fs 1.47.0 limits (doc/source/disk.md): post-2038 mtimes wrap, and the root
     # directory gets the times of the last entry copied.
     check_disk_equals_tar(raw, feature_tar, mtime="files", ignore=("usr/share/future",))
 
@@ -82,7 +82,7 @@ def test_mke2fs_dir_feature_tree(feature_tar, tmp_path):
 def test_guestfs_feature_tree(feature_tar, tmp_path, guestfs_env):
     result, raw = build(feature_tar, tmp_path, builder="guestfs")
     assert result.builder == "guestfs"
-    # Known gap (docs/disk.md): ACLs carried as system.posix_acl_* xattrs.
+    # Known gap (doc/source/disk.md): ACLs carried as system.posix_acl_* xattrs.
     check_disk_equals_tar(raw, feature_tar, ignore=("etc/acl",))
 
 

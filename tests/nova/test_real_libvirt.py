@@ -346,7 +346,7 @@ def test_share_virtiofs(lv, instances_path, base, probe_archive):
 def test_share_9p(lv, instances_path, probe_archive):
     """docker_delivery=share by 9p (``[docker2vm] share_driver = 9p``), with a
     base VM on Debian's generic kernel (the cloud kernel has no 9p,
-    docs/guest-contract.md). Real XML from the driver: ``<filesystem>``
+    doc/source/guest-contract.md). Real XML from the driver: ``<filesystem>``
     with ``<driver type='path'/>``, ``accessmode='squash'``,
     ``<readonly/>``; no memory backing."""
     generic = images.base_image("linux-image-amd64")
