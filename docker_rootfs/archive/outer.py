@@ -72,6 +72,7 @@ class OuterArchive:
         LOG.info("image archive %s is %s-compressed; decompressing to a temporary file",
                  self.path, compression)
         fd, self._tmp = tempfile.mkstemp(prefix=self._tmp_prefix, suffix=".tar", dir=tmpdir)
+        self._fd = fd   # closed by close() when decompression fails (it leaked: fuzzing)
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
             counted = streams.DigestReader(src, "image archive")
