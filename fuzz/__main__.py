@@ -1,0 +1,177 @@
+"""Command line of the fuzzer (see fuzz/__init__.py and doc/source/fuzzing.md).
+
+    python -m fuzz seeds [--out DIR]
+    python -m fuzz run TARGET --minutes N [--workdir DIR]
+    python -m fuzz campaign --minutes N [--targets a,b,...]
+    python -m fuzz repro TARGET FILE...
+
+Work files go to ``.cache/fuzz/`` (``--workdir``): ``seeds/<target>``
+(rebuilt when missing), ``corpus/<target>`` (what the fuzzer kept, reused by
+the next run), ``crashes/<target>`` (each failing input) and
+``results.jsonl`` (one line per run: executions, coverage, crashes).
+Exit status 1 when a run found a failure.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_WORKDIR = os.path.join(TOP, ".cache", "fuzz")
+
+TIMEOUT_S = 10          # per input: a longer run is reported as a hang (a crash)
+RSS_LIMIT_MB = 1536     # libFuzzer's own memory watchdog (below the engine's RLIMIT_AS)
+MAX_LEN = 256 * 1024    # largest input the fuzzer makes
+
+_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)(?: corp: (\d+)/(\S+))?.*?(?:exec/s: (\d+))?",
+                     re.M)
+_STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.M)
+
+
+def ensure_seeds(workdir, log=print):
+    from fuzz import seeds, targets
+    out = os.path.join(workdir, "seeds")
+    if all(os.path.isdir(os.path.join(out, t)) and os.listdir(os.path.join(out, t))
+           for t in targets.TARGETS):
+        return out
+    tmp = out + ".building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = seeds.build(tmp, log=log)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp, out)
+    log("seeds: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return out
+
+
+def parse_output(text):
+    """Executions, coverage and features from libFuzzer's output."""
+    result = {"executions": 0, "cov": 0, "ft": 0, "corpus": 0}
+    for m in _STATUS.finditer(text):
+        result.update(executions=int(m.group(1)), cov=int(m.group(3)), ft=int(m.group(4)))
+        if m.group(5):
+            result["corpus"] = int(m.group(5))
+    stats = dict((k, int(v)) for k, v in _STAT.findall(text))
+    if "number_of_executed_units" in stats:
+        result["executions"] = stats["number_of_executed_units"]
+    if "peak_rss_mb" in stats:
+        result["peak_rss_mb"] = stats["peak_rss_mb"]
+    return result
+
+
+def run_target(target, seconds, workdir, runs=None, extra=(), log=print):
+    """One fuzzing process for ``target``; returns a result dict."""
+    seeds_dir = os.path.join(ensure_seeds(workdir, log), target)
+    corpus = os.path.join(workdir, "corpus", target)
+    crashes = os.path.join(workdir, "crashes", target)
+    os.makedirs(corpus, exist_ok=True)
+    os.makedirs(crashes, exist_ok=True)
+    before = set(os.listdir(crashes))
+    scratch = tempfile.mkdtemp(prefix="docker2vm-fuzz-run-")
+    flags = [f"-timeout={TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-max_len={MAX_LEN}",
+             f"-artifact_prefix={crashes}/", "-print_final_stats=1", "-reload=0"]
+    flags.append(f"-runs={runs}" if runs is not None else f"-max_total_time={int(seconds)}")
+    cmd = [sys.executable, "-m", "fuzz.engine", target, corpus, seeds_dir] + flags + list(extra)
+    env = dict(os.environ, DOCKER2VM_FUZZ_TMP=scratch,
+               PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.monotonic()
+    cpu0 = os.times()
+    try:
+        proc = subprocess.run(cmd, cwd=TOP, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    cpu1 = os.times()
+    with open(os.path.join(workdir, f"last-{target}.log"), "w") as f:
+        f.write(proc.stdout)
+    result = parse_output(proc.stdout)
+    new = sorted(set(os.listdir(crashes)) - before)
+    result.update(target=target, seconds=round(time.monotonic() - t0, 1),
+                  cpu_seconds=round((cpu1.children_user + cpu1.children_system)
+                                    - (cpu0.children_user + cpu0.children_system), 1),
+                  exit_code=proc.returncode, crashes=[os.path.join(crashes, n) for n in new],
+                  when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    result["ok"] = proc.returncode == 0 and not new
+    if not result["ok"]:
+        tail = proc.stdout[-4000:]
+        result["error_tail"] = tail
+    with open(os.path.join(workdir, "results.jsonl"), "a") as f:
+        f.write(json.dumps({k: v for k, v in result.items() if k != "error_tail"}) + "\n")
+    return result
+
+
+def _summary(r):
+    return (f"{r['target']}: {r['executions']} executions in {r['seconds']} s "
+            f"({r['cpu_seconds']} CPU s), cov {r['cov']} ft {r['ft']}, corpus {r['corpus']}, "
+            + ("no failure" if r["ok"] else f"FAILED (exit {r['exit_code']}): {r['crashes']}"))
+
+
+def repro(target_name, paths):
+    from fuzz import targets
+    targets.configure()
+    sandbox = targets.Sandbox()
+    bad = 0
+    try:
+        for path in paths:
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                ok = targets.run_one(targets.TARGETS[target_name], data, sandbox)
+                print(f"{path}: {'accepted' if ok else 'refused with one line'}")
+            except Exception:
+                bad += 1
+                print(f"{path}: FAILURE")
+                traceback.print_exc()
+    finally:
+        sandbox.close()
+    return 1 if bad else 0
+
+
+def main(argv=None):
+    from fuzz import targets
+    ap = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("seeds", help="build the seed corpus")
+    s.add_argument("--out", help="directory (default WORKDIR/seeds)")
+    r = sub.add_parser("run", help="fuzz one target")
+    r.add_argument("target", choices=sorted(targets.TARGETS))
+    r.add_argument("--minutes", type=float, default=1.0)
+    r.add_argument("--runs", type=int, help="stop after this many inputs instead")
+    c = sub.add_parser("campaign", help="fuzz every target in turn, one process at a time")
+    c.add_argument("--minutes", type=float, default=30.0, help="total, split between the targets")
+    c.add_argument("--targets", default=",".join(targets.TARGETS))
+    p = sub.add_parser("repro", help="run inputs through a target once, with tracebacks")
+    p.add_argument("target", choices=sorted(targets.TARGETS))
+    p.add_argument("files", nargs="+")
+    args = ap.parse_args(argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    if args.cmd == "seeds":
+        if args.out:
+            from fuzz import seeds
+            print(seeds.build(args.out))
+        else:
+            ensure_seeds(args.workdir)
+        return 0
+    if args.cmd == "repro":
+        return repro(args.target, args.files)
+    names = [args.target] if args.cmd == "run" else args.targets.split(",")
+    seconds = args.minutes * 60 / (1 if args.cmd == "run" else len(names))
+    failed = False
+    for name in names:
+        res = run_target(name, seconds, args.workdir, runs=getattr(args, "runs", None))
+        print(_summary(res), flush=True)
+        if not res["ok"]:
+            failed = True
+            print(res.get("error_tail", ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

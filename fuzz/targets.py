@@ -1,0 +1,311 @@
+"""The fuzz targets and what counts as a failure.
+
+Each target takes the fuzzer's bytes and runs the product code a tenant's
+archive reaches in glance-api, under small :class:`Limits` so the fuzzer
+runs into every limit:
+
+``archive``
+    the bytes are an image archive file (outer tar, optionally gzip/zstd/
+    xz/bzip2 as a whole): ``open_image`` (docker-save and OCI layouts,
+    manifests, indexes, config JSON, selection), the Glance properties of
+    the config, ``Image.flatten`` (layer streams, decompression, layer tar
+    reading, the flattener) into the disk builder's input scan
+    (``tarscan.Scanner`` fed by the writer, as ``build_disk`` does), then
+    ``tarscan.scan`` of the written tar.
+``archive-unverified``
+    the same with digest and size verification switched off (in this
+    process only), so mutated manifests, configs and layer data reach the
+    code behind the digest checks instead of stopping at them.
+``layers``
+    the bytes are layer tars joined by :data:`LAYER_SEP`; the harness
+    wraps them in a valid archive (OCI or docker-save, each layer stored
+    plain, gzip or zstd as its first byte says, every digest right), so
+    mutations of the tars reach the flattener and the content pass.
+``tarscan``
+    the bytes are the disk builder's input tar: ``tarscan.scan`` then
+    ``sizing.compute`` of its statistics.
+
+A failure (what the fuzzer reports as a crash) is any exception other
+than :class:`~docker_rootfs.errors.Docker2VMError` with a non-empty
+one-line message, and, after every input, anything left behind: a file in
+the temporary directory, an open file descriptor or a running thread more
+than before. After a successful flatten, the writer's own report of its
+members must equal a scan of the tar it wrote, and the Glance properties
+must give back the config they were made from.
+"""
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+
+import zstandard
+
+from docker_rootfs import errors, properties
+from docker_rootfs.archive import open_image, streams
+from docker_rootfs.disk import sizing, tarscan
+from docker_rootfs.disk.options import DiskOptions
+from docker_rootfs.limits import Limits
+
+KiB, MiB = 1024, 1024 * 1024
+
+# The project's configurable limits, small so that inputs of a few KiB
+# reach them (defaults: 256 layers, 2M entries, 64 GiB, ...).
+LIMITS = Limits(max_layers=8, max_entries=400, max_total_bytes=8 * MiB, max_file_size=2 * MiB,
+                max_path_length=512, max_path_depth=24, max_compression_ratio=40,
+                max_json_size=256 * KiB, max_archive_entries=400)
+# Decompressed bytes before the compression ratio is checked (a module
+# constant, 64 MiB in the product; lowered here so the ratio guard runs
+# inside max_total_bytes).
+RATIO_GRACE_BYTES = 256 * KiB
+
+LAYER_SEP = b"\n\0docker2vm-fuzz-layer\0\n"
+LAYER_MODES = ("none", "gzip", "zstd", "raw")
+
+
+class Finding(AssertionError):
+    """A harness invariant broke (not an exception of the code under test)."""
+
+
+def configure():
+    """Process-wide settings every target relies on."""
+    streams.RATIO_GRACE_BYTES = RATIO_GRACE_BYTES
+
+
+class Sandbox:
+    """One directory per fuzzing process: the input file, the flattened
+    output and the product's temporary directory, which must be empty after
+    every input. Remembers the open descriptors and threads to compare."""
+
+    def __init__(self, base=None):
+        self.dir = tempfile.mkdtemp(prefix="docker2vm-fuzz-", dir=base)
+        self.tmp = os.path.join(self.dir, "tmp")
+        os.mkdir(self.tmp)
+        self.input = os.path.join(self.dir, "input")
+        self.out = os.path.join(self.dir, "rootfs.tar")
+        self.fds = self._fds()
+        self.threads = threading.active_count()
+
+    @staticmethod
+    def _fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    def write_input(self, data):
+        with open(self.input, "wb") as f:
+            f.write(data)
+        return self.input
+
+    def check_clean(self):
+        left = os.listdir(self.tmp)
+        if left:
+            for name in left:
+                p = os.path.join(self.tmp, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
+            raise Finding(f"temporary files left behind: {sorted(left)}")
+        if threading.active_count() > self.threads:
+            raise Finding(f"threads left running: {[t.name for t in threading.enumerate()]}")
+        fds = self._fds()
+        if fds > self.fds:
+            raise Finding(f"file descriptors leaked: {fds} open, {self.fds} before")
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_one(target, data, sandbox):
+    """Run ``target`` on ``data``; True when the input was accepted, False
+    when refused with one clear line; anything else raises."""
+    try:
+        target(data, sandbox)
+        accepted = True
+    except errors.Docker2VMError as exc:
+        msg = str(exc)
+        if not msg.strip() or "\n" in msg or "\r" in msg:
+            raise Finding(f"{type(exc).__name__} is not a one-line message: {msg!r}") from exc
+        accepted = False
+    sandbox.check_clean()
+    return accepted
+
+
+# -- the pipeline shared by the archive targets ----------------------------------
+
+class _Recorder:
+    """The output file of a flatten, feeding the builder's Scanner as
+    build_disk's spool does (``member_written``)."""
+
+    def __init__(self, f, scanner):
+        self.f = f
+        self.scanner = scanner
+
+    def write(self, b):
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+    def member_written(self, tarinfo, data_offset):
+        self.scanner.add(tarinfo, data_offset)
+
+
+def convert(path, sandbox):
+    with open_image(path, limits=LIMITS, tmpdir=sandbox.tmp) as img:
+        props = properties.image_properties(img.config)
+        back = properties.config_from_properties(props)
+        for attr, _ in properties.CONFIG_PROPERTIES.values():
+            if getattr(back, attr) != getattr(img.config, attr):
+                raise Finding(f"Glance properties do not give back the config's {attr}: "
+                              f"{getattr(img.config, attr)!r} -> {getattr(back, attr)!r}")
+        img.summary()
+        scanner = tarscan.Scanner(LIMITS.max_entries)
+        with open(sandbox.out, "wb") as f:
+            img.flatten(_Recorder(f, scanner))
+    entries, stats = tarscan.scan(sandbox.out, max_entries=LIMITS.max_entries)
+    if entries != scanner.entries:
+        diff = next((a, b) for a, b in zip(entries + [None] * len(scanner.entries),
+                                           scanner.entries + [None] * len(entries)) if a != b)
+        raise Finding(f"the written tar scans differently from what the writer reported: {diff}")
+    sizing.compute(stats, DiskOptions())
+
+
+def target_archive(data, sandbox):
+    convert(sandbox.write_input(data), sandbox)
+
+
+@contextlib.contextmanager
+def digests_unverified():
+    """DigestReader.verify checks nothing (digests and sizes), in this process."""
+    saved = streams.DigestReader.verify
+    streams.DigestReader.verify = lambda self: None
+    try:
+        yield
+    finally:
+        streams.DigestReader.verify = saved
+
+
+def target_archive_unverified(data, sandbox):
+    with digests_unverified():
+        convert(sandbox.write_input(data), sandbox)
+
+
+# -- layers wrapped in a valid archive --------------------------------------------
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def compress(raw, mode):
+    if mode == "gzip":
+        return gzip.compress(raw, compresslevel=1, mtime=0)
+    if mode == "zstd":
+        return zstandard.ZstdCompressor(level=1).compress(raw)
+    return raw
+
+
+def _uncompressed(blob):
+    """The diff_id source of a blob given as is ("raw" mode)."""
+    try:
+        if blob[:2] == streams.GZIP_MAGIC:
+            return gzip.decompress(blob)
+        if blob[:4] == streams.ZSTD_MAGIC:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    except Exception:
+        pass
+    return blob
+
+
+def split_layers(data):
+    """Fuzz bytes -> (docker_save, [(mode, tar bytes)])."""
+    chunks = data.split(LAYER_SEP)[:LIMITS.max_layers + 1]
+    layers = []
+    for chunk in chunks:
+        mode = LAYER_MODES[chunk[0] % 4] if chunk else "none"
+        layers.append((mode, chunk[1:]))
+    docker_save = bool(chunks[0][:1]) and bool(chunks[0][0] & 4)
+    return docker_save, layers
+
+
+def join_layers(layers, docker_save=False):
+    """The inverse of :func:`split_layers` (for seeds)."""
+    chunks = []
+    for i, (mode, tar) in enumerate(layers):
+        b = LAYER_MODES.index(mode) | (4 if docker_save and i == 0 else 0)
+        chunks.append(bytes([b]) + tar)
+    return LAYER_SEP.join(chunks)
+
+
+def _tar(files):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, content in files:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(content), 1700000000, 0o644
+            tf.addfile(ti, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def build_archive(layers, docker_save=False):
+    """An image archive holding ``layers`` [(mode, tar bytes)], every
+    digest and size right."""
+    blobs, diff_ids = [], []
+    for mode, tar in layers:
+        blob = tar if mode in ("none", "raw") else compress(tar, mode)
+        blobs.append((mode, blob))
+        diff_ids.append(sha256(_uncompressed(blob) if mode == "raw" else tar))
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    if docker_save:
+        files = [(sha256(config)[7:] + ".json", config)]
+        names = []
+        for i, (_, blob) in enumerate(blobs):
+            names.append(f"{i:064x}/layer.tar")
+            files.append((names[-1], blob))
+        manifest = [{"Config": files[0][0], "RepoTags": ["fuzz:latest"], "Layers": names}]
+        files.append(("manifest.json", json.dumps(manifest).encode()))
+        return _tar(files)
+    media = {"none": "application/vnd.oci.image.layer.v1.tar",
+             "raw": "application/vnd.oci.image.layer.v1.tar",
+             "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+             "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+    files = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+             ("blobs/sha256/" + sha256(config)[7:], config)]
+    descs = []
+    for mode, blob in blobs:
+        files.append(("blobs/sha256/" + sha256(blob)[7:], blob))
+        descs.append({"mediaType": media[mode], "digest": sha256(blob), "size": len(blob)})
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": sha256(config), "size": len(config)},
+                           "layers": descs}).encode()
+    files.append(("blobs/sha256/" + sha256(manifest)[7:], manifest))
+    index = {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(manifest),
+         "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "fuzz"}}]}
+    files.append(("index.json", json.dumps(index).encode()))
+    return _tar(files)
+
+
+def target_layers(data, sandbox):
+    docker_save, layers = split_layers(data)
+    convert(sandbox.write_input(build_archive(layers, docker_save)), sandbox)
+
+
+# -- the disk builder's input scan ----------------------------------------------------
+
+def target_tarscan(data, sandbox):
+    _, stats = tarscan.scan(sandbox.write_input(data), max_entries=LIMITS.max_entries)
+    sizing.compute(stats, DiskOptions())
+
+
+TARGETS = {
+    "archive": target_archive,
+    "archive-unverified": target_archive_unverified,
+    "layers": target_layers,
+    "tarscan": target_tarscan,
+}
