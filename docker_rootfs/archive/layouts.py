@@ -258,6 +258,8 @@ def platform_matches(have, want):
 
 def select(candidates, image=None, platform=None):
     """Pick one candidate; a clear ImageSelectionError lists the choices."""
+    if not candidates:   # an index of artifacts or of nothing (found by fuzzing)
+        raise errors.ImageSelectionError("the archive holds no container image")
     pool = candidates
     if image:
         pool = [c for c in pool if _matches_image(c, image)]
