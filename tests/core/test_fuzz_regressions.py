@@ -8,6 +8,7 @@ one Docker2VMError line (or accepted), and nothing is left behind: no file
 in the temporary directory, no open descriptor, no thread.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -62,3 +63,22 @@ def test_corrupt_compressed_archive_closes_its_temporary_file(tmp_path):
     bad = good[:20] + bytes(b ^ 0x55 for b in good[20:60]) + good[60:]
     msg = refuse(tmp_path, bad)
     assert "image archive" in msg
+
+
+def oci_archive(index, blobs=()):
+    files = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", json.dumps(index).encode())]
+    files += [("blobs/sha256/" + hashlib.sha256(b).hexdigest(), b) for b in blobs]
+    return tar_of(files)
+
+
+@pytest.mark.parametrize("manifests", [
+    [],
+    [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 2,
+      "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "platform": {"os": "unknown"}}],
+], ids=["empty-index", "attestations-only"])
+def test_index_without_images(tmp_path, manifests):
+    """Found by the `archive-unverified` target: an OCI index listing no
+    image (or only BuildKit attestations) was an IndexError."""
+    msg = refuse(tmp_path, oci_archive({"schemaVersion": 2, "manifests": manifests}, [b"{}"]),
+                 errors.ImageSelectionError)
+    assert "no container image" in msg
