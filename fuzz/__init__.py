@@ -3,7 +3,7 @@ disk builder's input scan (development tooling: product code never
 imports it).
 
     .venv/bin/python -m fuzz run archive --minutes 5     # one target
-    .venv/bin/python -m fuzz campaign --minutes 30       # all targets, one after another
+    .venv/bin/python -m fuzz campaign --cpu-minutes 30   # all targets in turn, one at a time
     .venv/bin/python -m fuzz repro archive CRASH_FILE    # replay one input
 
 ``targets.py`` holds the targets (what counts as a failure, the small

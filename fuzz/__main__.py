@@ -2,7 +2,7 @@
 
     python -m fuzz seeds [--out DIR]
     python -m fuzz run TARGET --minutes N [--workdir DIR]
-    python -m fuzz campaign --minutes N [--targets a,b,...]
+    python -m fuzz campaign --cpu-minutes N [--chunk-minutes M] [--targets a,b,...]
     python -m fuzz repro TARGET FILE...
 
 Work files go to ``.cache/fuzz/`` (``--workdir``): ``seeds/<target>``
@@ -144,8 +144,11 @@ def main(argv=None):
     r.add_argument("target", choices=sorted(targets.TARGETS))
     r.add_argument("--minutes", type=float, default=1.0)
     r.add_argument("--runs", type=int, help="stop after this many inputs instead")
-    c = sub.add_parser("campaign", help="fuzz every target in turn, one process at a time")
-    c.add_argument("--minutes", type=float, default=30.0, help="total, split between the targets")
+    c = sub.add_parser("campaign", help="fuzz every target in turn, one process at a time, "
+                       "until the fuzzing processes used --cpu-minutes of CPU time")
+    c.add_argument("--cpu-minutes", type=float, default=30.0, help="total CPU time of the fuzzing processes")
+    c.add_argument("--chunk-minutes", type=float, default=5.0,
+                   help="wall time of one fuzzing process (targets take turns)")
     c.add_argument("--targets", default=",".join(targets.TARGETS))
     p = sub.add_parser("repro", help="run inputs through a target once, with tracebacks")
     p.add_argument("target", choices=sorted(targets.TARGETS))
@@ -161,16 +164,45 @@ def main(argv=None):
         return 0
     if args.cmd == "repro":
         return repro(args.target, args.files)
-    names = [args.target] if args.cmd == "run" else args.targets.split(",")
-    seconds = args.minutes * 60 / (1 if args.cmd == "run" else len(names))
-    failed = False
-    for name in names:
-        res = run_target(name, seconds, args.workdir, runs=getattr(args, "runs", None))
+    if args.cmd == "run":
+        res = run_target(args.target, args.minutes * 60, args.workdir, runs=args.runs)
         print(_summary(res), flush=True)
         if not res["ok"]:
-            failed = True
             print(res.get("error_tail", ""))
-    return 1 if failed else 0
+        return 0 if res["ok"] else 1
+    return campaign(args.targets.split(","), args.cpu_minutes * 60, args.chunk_minutes * 60,
+                    args.workdir)
+
+
+def campaign(names, cpu_budget, chunk, workdir):
+    """Targets take turns (one process at a time) until their CPU time adds
+    up to ``cpu_budget`` seconds; a failure is recorded and fuzzing goes on
+    (the next run of that target starts from its corpus again)."""
+    total = {n: {"executions": 0, "cpu_seconds": 0.0, "runs": 0, "cov": 0, "ft": 0,
+                 "crashes": []} for n in names}
+    used = 0.0
+    while used < cpu_budget:
+        for name in names:
+            res = run_target(name, chunk, workdir)
+            print(_summary(res), flush=True)
+            t = total[name]
+            t["executions"] += res["executions"]
+            t["cpu_seconds"] += res["cpu_seconds"]
+            t["runs"] += 1
+            t["cov"], t["ft"] = max(t["cov"], res["cov"]), max(t["ft"], res["ft"])
+            t["crashes"] += res["crashes"] or ([] if res["ok"] else [f"exit {res['exit_code']}"])
+            used += res["cpu_seconds"]
+            if used >= cpu_budget:
+                break
+    print(f"campaign: {used / 60:.1f} CPU minutes")
+    for name, t in total.items():
+        print(f"  {name}: {t['runs']} runs, {t['executions']} executions, "
+              f"{t['cpu_seconds'] / 60:.1f} CPU min, cov {t['cov']} ft {t['ft']}, "
+              f"failures: {t['crashes'] or 'none'}")
+    with open(os.path.join(workdir, "campaigns.jsonl"), "a") as f:
+        f.write(json.dumps({"cpu_seconds": used, "targets": total,
+                            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    return 0 if not any(t["crashes"] for t in total.values()) else 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def main(argv):
     from fuzz import targets
 
     targets.configure()
+    if os.environ.get("DOCKER2VM_FUZZ_PLANT"):
+        targets.plant(os.environ["DOCKER2VM_FUZZ_PLANT"])
     target = targets.TARGETS[target_name]
     sandbox = targets.Sandbox(os.environ.get("DOCKER2VM_FUZZ_TMP"))
 

@@ -67,6 +67,7 @@ RATIO_GRACE_BYTES = 256 * KiB
 
 LAYER_SEP = b"\n\0docker2vm-fuzz-layer\0\n"
 LAYER_MODES = ("none", "gzip", "zstd", "raw")
+BLOCK = tarfile.BLOCKSIZE
 
 
 class Finding(AssertionError):
@@ -189,6 +190,8 @@ def digests_unverified():
 
 
 def target_archive_unverified(data, sandbox):
+    if streams.sniff_compression(data[:8]) == "none":
+        data = fix_checksums(data)
     with digests_unverified():
         convert(sandbox.write_input(data), sandbox)
 
@@ -219,13 +222,37 @@ def _uncompressed(blob):
     return blob
 
 
+def fix_checksums(tar):
+    """``tar`` with the checksum of every header block it can walk to set
+    right, so that the fuzzer's mutations of header fields reach the code
+    behind tarfile's checksum test (the ``archive`` target still feeds bad
+    checksums as they come)."""
+    buf = bytearray(tar)
+    pos = 0
+    while pos + BLOCK <= len(buf):
+        block = buf[pos:pos + BLOCK]
+        if block == bytes(BLOCK):
+            pos += BLOCK
+            continue
+        block[148:156] = b" " * 8
+        buf[pos + 148:pos + 156] = b"%06o\0 " % sum(block)
+        try:
+            size = tarfile.nti(bytes(block[124:136]))
+        except (tarfile.HeaderError, ValueError):
+            break
+        if size < 0 or block[156:157] in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            size = 0
+        pos += BLOCK + -(-size // BLOCK) * BLOCK
+    return bytes(buf)
+
+
 def split_layers(data):
     """Fuzz bytes -> (docker_save, [(mode, tar bytes)])."""
     chunks = data.split(LAYER_SEP)[:LIMITS.max_layers + 1]
     layers = []
     for chunk in chunks:
         mode = LAYER_MODES[chunk[0] % 4] if chunk else "none"
-        layers.append((mode, chunk[1:]))
+        layers.append((mode, chunk[1:] if mode == "raw" else fix_checksums(chunk[1:])))
     docker_save = bool(chunks[0][:1]) and bool(chunks[0][0] & 4)
     return docker_save, layers
 
@@ -299,8 +326,44 @@ def target_layers(data, sandbox):
 # -- the disk builder's input scan ----------------------------------------------------
 
 def target_tarscan(data, sandbox):
-    _, stats = tarscan.scan(sandbox.write_input(data), max_entries=LIMITS.max_entries)
+    _, stats = tarscan.scan(sandbox.write_input(fix_checksums(data)), max_entries=LIMITS.max_entries)
     sizing.compute(stats, DiskOptions())
+
+
+# -- planted bugs (the smoke test checks that the fuzzer finds them) -------------------
+
+def _plant_multiline():
+    """A refusal whose message has two lines (breaks the one-line rule)."""
+    from docker_rootfs import flatten
+    real = flatten.split_path
+
+    def split_path(name, limits, what):
+        try:
+            return real(name, limits, what)
+        except errors.UnsafeEntry as exc:
+            raise errors.UnsafeEntry(f"{exc}\n(planted second line)") from None
+    flatten.split_path = split_path
+
+
+def _plant_linkname():
+    """A KeyError when a symlink's target starts with "planted": reached
+    only by mutation (no seed has it), through atheris's comparison hooks."""
+    from docker_rootfs import flatten
+    real = flatten.Tree.apply_member
+
+    def apply_member(self, m, src, what, added):
+        if m.issym() and m.linkname[:7] == "planted":
+            raise KeyError("planted bug")
+        return real(self, m, src, what, added)
+    flatten.Tree.apply_member = apply_member
+
+
+PLANTS = {"multiline": _plant_multiline, "linkname": _plant_linkname}
+
+
+def plant(name):
+    """Put planted bug ``name`` into this process (DOCKER2VM_FUZZ_PLANT)."""
+    PLANTS[name]()
 
 
 TARGETS = {
