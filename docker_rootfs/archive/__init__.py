@@ -78,8 +78,14 @@ class LayerReader:
         if comp != "none":
             plain = streams.RatioGuard(plain, blob, img.limits.max_compression_ratio, what,
                                        totals=budget)
-        data = streams.LimitedReader(plain, "max_total_bytes", img.limits.max_total_bytes,
-                                     "all layers", used=budget.used)
+        data = limited = streams.LimitedReader(plain, "max_total_bytes", img.limits.max_total_bytes,
+                                               "all layers", used=budget.used)
+        # A compressed layer's work runs in two threads (two cores): one
+        # reads, hashes and decompresses the blob, the next hashes the
+        # uncompressed bytes and spools them.
+        unpack = None
+        if comp != "none":
+            data = unpack = streams.Prefetcher(data, name=f"docker2vm-unpack-{layer.index + 1}")
         # An uncompressed blob already verified under the same digest needs no second hash.
         same = comp == "none" and layer.digest == layer.diff_id
         diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)",
@@ -96,7 +102,9 @@ class LayerReader:
                     pass
             finally:
                 fetch.close()
-                budget.used = data.count
+                if unpack is not None:
+                    unpack.close()
+                budget.used = limited.count
             blob.drain()
             if comp != "none":
                 plain.close()
@@ -110,12 +118,14 @@ class LayerReader:
                 img.drop_spool(layer.index)
 
     @contextlib.contextmanager
-    def content(self):
+    def content(self, keep=False):
         """After :meth:`members` went through the whole layer: yield
         ``read_at(offset, size)`` giving a reader of ``size`` bytes at
         ``offset`` of the layer's uncompressed tar, from the spool or, for
         an uncompressed blob, from the archive file itself (both hold the
-        bytes verified by :meth:`members`). The spool is dropped after."""
+        bytes verified by :meth:`members`). The spool is dropped after,
+        unless ``keep``: then it stays (and the readers' ``fd``/``start``
+        stay valid) until the image is closed."""
         img, layer = self.image, self.layer
         if layer.compression == "none":
             window = img.outer.open(layer.path)
@@ -125,10 +135,13 @@ class LayerReader:
             if spool is None:
                 raise errors.Docker2VMError(f"layer {layer.index + 1}: content read before its members")
             fd, base = spool.fileno(), 0
+        ok = False
         try:
             yield lambda offset, size: streams.FileWindow(fd, base + offset, size)
+            ok = True
         finally:
-            img.drop_spool(layer.index)
+            if not (keep and ok):
+                img.drop_spool(layer.index)
 
     @staticmethod
     def _iterate(stream, what, empty):

@@ -49,6 +49,10 @@ class FileWindow:
     def tell(self):
         return self._pos
 
+    def skip(self, n):
+        """Move on ``n`` bytes (read by other means, e.g. sendfile)."""
+        self._pos = min(self.size, self._pos + n)
+
 
 class PrefixedReader:
     """Gives back bytes already peeked before reading on."""
