@@ -41,10 +41,11 @@ convert_opts = [
              "copy one layer out."),
     cfg.StrOpt(
         "temp_dir", default=None,
-        help="Directory for intermediate files (flattened tree, disk "
-             "image). Default: Glance's staging directory, whose cleaner "
-             "reaps leftovers named <image_id>.<suffix> at glance-api "
-             "start-up. Needs about twice the uncompressed image size free."),
+        help="Directory for intermediate files (decompressed upload, "
+             "flattened tree, disk image), one work directory "
+             "docker2vm-<image_id>-<task_id> per import. Default: Glance's "
+             "staging directory. Needs about twice the uncompressed image "
+             "size free per concurrent import."),
     cfg.StrOpt(
         "platform", default=None,
         help="os/arch[/variant] picked from a multi-platform OCI archive "
@@ -55,6 +56,37 @@ convert_opts = [
         help="Seconds between saves of the import task's progress message. "
              "Each save also refreshes the task, so Glance never treats a "
              "long conversion's 60-minute import lock as stale."),
+    cfg.IntOpt(
+        "child_address_space_mib", default=4096, min=0,
+        help="Address-space limit (RLIMIT_AS, MiB) of the conversion child "
+             "process (and the tools it runs, e.g. qemu-img). The "
+             "conversion runs in its own process so a memory blow-up, a "
+             "crash or a CPU-bound loop caused by an uploaded archive never "
+             "reaches the glance-api worker. 0: no limit."),
+    cfg.IntOpt(
+        "child_cpu_seconds", default=3600, min=0,
+        help="CPU-time limit (RLIMIT_CPU, seconds) of the conversion child; "
+             "the kernel kills it when it is used up and the import fails "
+             "with a message naming the limit. 0: no limit."),
+    cfg.IntOpt(
+        "child_open_files", default=1024, min=0,
+        help="Open-files limit (RLIMIT_NOFILE) of the conversion child. "
+             "0: inherit glance-api's."),
+    cfg.IntOpt(
+        "child_nice", default=10, min=0, max=19,
+        help="Niceness added to the conversion child, so request handling "
+             "in glance-api keeps the CPU it needs while images convert."),
+    cfg.IntOpt(
+        "sweep_interval", default=600, min=0,
+        help="Seconds between sweeps for the work directories of imports "
+             "whose glance-api process died (killed, crashed, host "
+             "rebooted). A sweep removes such a directory and gives its "
+             "image back (task failed with a one-line message, image "
+             "queued, store listed in os_glance_failed_import) so it can "
+             "be staged and imported again; it never touches a live "
+             "import, which holds a lock on its directory. glance-api "
+             "also sweeps once at start-up and before every conversion. "
+             "0: only those."),
 ]
 
 

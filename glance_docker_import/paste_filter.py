@@ -130,7 +130,20 @@ class DockerConvertFilter:
 
 def filter_factory(global_conf, **local_conf):
     conf = dict(global_conf, **local_conf)
+    _start_sweeper()
 
     def _filter(app):
         return DockerConvertFilter(app, conf)
     return _filter
+
+
+def _start_sweeper():
+    """glance-api loads this filter at start-up: sweep the work directories
+    of conversions that died with an earlier glance-api now, not at the
+    first import (glance_docker_import.recovery)."""
+    try:
+        from glance_docker_import import recovery
+        recovery.Sweeper.ensure_started()
+    except Exception:   # never stop glance-api from starting
+        import logging
+        logging.getLogger(__name__).exception("docker-convert: cannot start the sweeper")

@@ -27,11 +27,10 @@ imported again.
 """
 
 import contextlib
+import dataclasses
 import errno
-import glob
 import logging
 import os
-import shutil
 import threading
 import time
 
@@ -42,15 +41,12 @@ from taskflow import task
 from taskflow.patterns import linear_flow as lf
 
 from docker_rootfs import errors
-from docker_rootfs.properties import DELIVERY, image_properties
-from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME, opts
+from docker_rootfs.properties import DELIVERY
+from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME, converter, opts, recovery, workdir
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
 opts.register_opts(CONF)
-
-TEMP_TAG = "docker2vm"  # temp files: <image_id>.docker2vm-<task>.<what>
-
 
 class ConversionAborted(errors.Docker2VMError):
     """The import was cancelled or its lock taken over while converting."""
@@ -63,10 +59,12 @@ class Heartbeat:
     checks before it lets another import steal an image's import lock (60
     minutes without an update), so the lock stays ours however long the
     conversion runs. The same loop notices a cancelled task or a lost lock
-    and asks the converter to stop (``check()`` raises).
+    and stops the converter: ``on_abort(reason)`` (kills the conversion
+    child) and ``check()`` raises.
     """
 
-    def __init__(self, task_repo, task_id, action_wrapper, interval):
+    def __init__(self, task_repo, task_id, action_wrapper, interval, on_abort=None):
+        self.on_abort = on_abort
         self.task_repo = task_repo
         self.task_id = task_id
         self.action_wrapper = action_wrapper
@@ -110,6 +108,8 @@ class Heartbeat:
     def _run(self):
         while not self._stop.wait(self.interval):
             self.save()
+            if self.abort_reason and self.on_abort is not None:
+                self.on_abort(self.abort_reason)
 
     def __enter__(self):
         self.save()
@@ -138,7 +138,7 @@ class _DockerConvert(task.Task):
         self.stores = [s for s in (stores or []) if s]
         self.active = False
         self.src_path = None
-        self.temp_paths = []
+        self.workdir = None
         self.old_attributes = None
         self.old_properties = None
         self.new_properties = {}
@@ -153,53 +153,37 @@ class _DockerConvert(task.Task):
         props = action.image_extra_properties
         return props.get(MARKER_PROPERTY) == METHOD_NAME
 
-    def _temp_prefix(self):
-        """Every scratch name of this task starts with this (also the core's
-        decompressed archive and the disk builder's work directory)."""
-        return "%s.%s-%s." % (self.image_id, TEMP_TAG, self.task_id[:8])
-
-    def _temp(self, what):
-        directory = CONF.docker_convert.temp_dir or os.path.dirname(
-            self.src_path)
-        path = os.path.join(directory, self._temp_prefix() + what)
-        self.temp_paths.append(path)
-        return path
-
-    def _sweep_stale_temps(self, directory):
-        """Remove what an earlier, crashed conversion of this image left.
-
-        Glance's staging cleaner reaps only residue of deleted images and
-        cannot remove directories; this import holds the image's import
-        lock, so nothing else is converting it now."""
-        for path in glob.glob(os.path.join(
-                glob.escape(directory), "%s.%s-*" % (self.image_id, TEMP_TAG))):
-            LOG.info("docker-convert: removing stale %s of image %s", path, self.image_id)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.remove(path)
-                except FileNotFoundError:
-                    pass
-
     def _message(self, text):
         """One line for the task message, without server-side paths."""
         if self.src_path:
             text = text.replace(self.src_path, "the uploaded archive")
-        for path in self.temp_paths:
-            text = text.replace(path, "a temporary file")
-        dirs = {os.path.dirname(p) for p in self.temp_paths}
+        dirs = set()
+        if self.workdir is not None:
+            dirs.add(self.workdir.path)
+            dirs.add(os.path.dirname(self.workdir.path))
         if self.src_path:
             dirs.add(os.path.dirname(self.src_path))
         for directory in sorted(dirs, key=len, reverse=True):
             text = text.replace(directory, "the temporary directory")
         return _one_line(text)
 
-    def _remove_temps(self, keep=None):
-        for path in self.temp_paths:
-            if path != keep:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
+    def _job(self, delivery):
+        """What the conversion child needs (see glance_docker_import.worker)."""
+        from docker_rootfs import opts as core_opts
+        conf = CONF.docker_convert
+        return {
+            "image_id": self.image_id, "task_id": self.task_id, "src": self.src_path,
+            "workdir": self.workdir.path, "delivery": delivery,
+            "limits": dataclasses.asdict(core_opts.limits_from_conf(CONF)),
+            "disk": dataclasses.asdict(core_opts.disk_options_from_conf(CONF)),
+            "disk_format": self.disk_format(delivery),
+            "platform": conf.platform, "normalize_share": conf.normalize_share,
+            "bundle_base_dir": conf.bundle_base_dir,
+        }
+
+    def disk_format(self, delivery):
+        """Format of the produced disk (disk and bundle deliveries)."""
+        return "qcow2"
 
     # -- execute -----------------------------------------------------------
     def execute(self, file_path):
@@ -226,127 +210,83 @@ class _DockerConvert(task.Task):
 
         started = time.monotonic()
         try:
-            with Heartbeat(self.task_repo, self.task_id, self.action_wrapper,
-                           conf.progress_interval) as hb:
-                result = self._convert(delivery, hb)
+            result = self._convert(delivery)
         except ConversionAborted as exc:
             if "lock" in str(exc):
                 self.lock_lost = True
-            raise glance_exc.UploadException("docker-convert: aborted: %s"
-                                             % exc)
-        except errors.Docker2VMError as exc:
-            raise glance_exc.UploadException(
-                self._message("docker-convert: %s" % exc))
+            raise glance_exc.UploadException("docker-convert: aborted: %s" % exc)
+        except converter.ConversionFailed as exc:
+            raise glance_exc.UploadException(self._message("docker-convert: %s" % exc))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise glance_exc.UploadException(
                     "docker-convert: no space left on device for the "
                     "conversion's temporary files")
-            LOG.exception("docker-convert: I/O error converting %s",
-                          self.image_id)
+            LOG.exception("docker-convert: I/O error converting %s", self.image_id)
             raise glance_exc.UploadException(self._message(
                 "docker-convert: I/O error: %s" % exc))
-        except glance_exc.UploadException:
-            raise
         except Exception as exc:
-            LOG.exception("docker-convert: unexpected error converting %s",
-                          self.image_id)
+            LOG.exception("docker-convert: unexpected error converting %s", self.image_id)
             raise glance_exc.UploadException(self._message(
-                "docker-convert: internal error: %s: %s"
-                % (type(exc).__name__, exc)))
+                "docker-convert: internal error: %s: %s" % (type(exc).__name__, exc)))
 
-        out_path, attrs, properties = result
+        out_path = result["path"]
+        attrs = dict(result["attrs"])
+        properties = result["properties"]
         attrs["size"] = os.stat(out_path).st_size
+        self.new_properties = properties
+        self.workdir.update_meta({"new_properties": sorted(properties)})
         with self.action_wrapper as action:
             action.set_image_attribute(**attrs)
             action.set_image_extra_properties(properties)
             action.pop_extra_property(MARKER_PROPERTY)
-        self.new_properties = properties
         LOG.info("docker-convert: image %s converted (%s) in %.1fs: %s",
                  self.image_id, delivery, time.monotonic() - started, attrs)
-        # Like image_conversion: the staged archive is no longer needed;
-        # Glance's _DeleteFromFS removes the file we return.
-        if out_path != self.src_path:
+        if out_path == self.src_path:
+            self.workdir.remove()
+        else:
+            # Like image_conversion: the staged archive is no longer needed.
+            # Glance uploads the file we return and then deletes it; the
+            # work directory (and its lock) goes when it does.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.src_path)
+            self.workdir.remove_when_gone(out_path)
         return "file://" + out_path
 
-    def _convert(self, delivery, hb):
-        from docker_rootfs import opts as core_opts
-        from docker_rootfs.archive import open_image
-
+    def _convert(self, delivery):
+        """Convert in a child process (glance_docker_import.worker) under the
+        [docker_convert] child_* limits, in a locked work directory."""
         conf = CONF.docker_convert
-        limits = core_opts.limits_from_conf(CONF)
-        tmpdir = conf.temp_dir or os.path.dirname(self.src_path)
-        self._sweep_stale_temps(tmpdir)
-        hb.update(0.0, "reading archive")
-        with open_image(self.src_path, limits=limits, platform=conf.platform,
-                        tmpdir=tmpdir, tmp_prefix=self._temp_prefix()) as img:
-            properties = image_properties(img.config, delivery)
-            if delivery == "share":
-                out_path, attrs = self._share(img, hb)
-            elif delivery == "bundle":
-                out_path, attrs, properties = self._bundle(img, hb)
-            else:
-                out_path, attrs = self._disk(img, hb)
-        hb.update(1.0, "done")
-        return out_path, attrs, properties
-
-    def _share(self, img, hb):
-        from glance_docker_import import share
-        if not CONF.docker_convert.normalize_share:
-            # Validate the whole archive (digests, limits, hostile entries)
-            # by flattening into the void; store it as uploaded.
-            img.flatten(_NullWriter(), hb.update)
-            out_path = self.src_path
-        else:
-            out_path = self._temp("tar")
-            with open(out_path, "wb") as f:
-                share.write_single_layer_archive(img, f, hb.update)
-                f.flush()
-                os.fsync(f.fileno())
-        return out_path, {"disk_format": "raw", "container_format": "docker"}
-
-    def _disk(self, img, hb):
-        from glance_docker_import import disk_adapter
-        tar_path = self._temp("rootfs.tar")
-        with open(tar_path, "wb") as f:
-            img.flatten(f, lambda fr, msg: hb.update(fr * 0.5, msg))
-        out_path = self._temp("qcow2")
-        virtual_size = disk_adapter.build_qcow2(
-            tar_path, out_path, digest=img.config.config_digest,
-            progress=lambda fr, msg: hb.update(0.5 + fr * 0.5, msg),
-            tmpdir=os.path.dirname(out_path),
-            max_entries=img.limits.max_entries, tmp_prefix=self._temp_prefix())
-        os.remove(tar_path)
-        attrs = {"disk_format": "qcow2", "container_format": "bare"}
-        if virtual_size:
-            attrs["virtual_size"] = virtual_size
-        return out_path, attrs
-
-    def _bundle(self, img, hb):
-        """Approach 3: a bootable qcow2 stock Nova boots (doc/source/bundle.md)."""
-        from docker_rootfs.commands.convert import _created
-        from docker_rootfs.guest import bundle
-        from glance_docker_import import disk_adapter
-        out_path = self._temp("qcow2")
-        base_dir = CONF.docker_convert.bundle_base_dir or os.path.join(
-            os.path.expanduser("~"), ".cache", "docker2vm", "base")
-        result = bundle.build_bundle(
-            lambda f: img.flatten(f, lambda fr, msg: hb.update(fr * 0.5, msg)),
-            out_path, img.config, img.config.config_digest, created=_created(img),
-            disk_options=disk_adapter.disk_options(os.path.dirname(out_path)),
-            base_dir=base_dir, progress=lambda fr, msg: hb.update(0.5 + fr * 0.5, msg),
-            max_entries=img.limits.max_entries, tmp_prefix=self._temp_prefix())
-        attrs = {"disk_format": "qcow2", "container_format": "bare",
-                 "virtual_size": result.virtual_size}
-        return out_path, attrs, bundle.bundle_properties(img.config)
+        base = recovery.temp_base(self.src_path)
+        recovery.Sweeper.ensure_started()
+        workdir.sweep(base, on_dead=recovery.recover)
+        self.workdir = workdir.WorkDir.create(
+            base, self.image_id, self.task_id,
+            meta={"src": self.src_path, "stores": self.stores,
+                  "old_attributes": self.old_attributes,
+                  "old_properties": {k: v for k, v in self.old_properties.items()
+                                     if not k.startswith("os_glance")}})
+        child = converter.Child(self._job(delivery), self.workdir.path,
+                                converter.Settings.from_conf(conf),
+                                self.workdir.file("converter.log"))
+        with Heartbeat(self.task_repo, self.task_id, self.action_wrapper,
+                       conf.progress_interval, on_abort=child.kill) as hb:
+            try:
+                return child.run(hb.update)
+            except converter.ConversionFailed as exc:
+                if exc.kind == "aborted" and hb.abort_reason:
+                    raise ConversionAborted(hb.abort_reason)
+                LOG.warning("docker-convert: image %s: conversion failed (%s): %s; "
+                            "end of the converter's log:\n%s", self.image_id, exc.kind, exc,
+                            child.log_tail())
+                raise
 
     # -- revert ------------------------------------------------------------
     def revert(self, result=None, **kwargs):
         if not self.active:
             return
-        self._remove_temps()
+        if self.workdir is not None:
+            self.workdir.remove()
         if self.lock_lost:
             # Another task owns the image (and its staging file) now.
             LOG.warning("docker-convert: lost the import lock of %s; leaving "
@@ -374,11 +314,6 @@ class _DockerConvert(task.Task):
         if self.src_path:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.src_path)
-
-
-class _NullWriter:
-    def write(self, b):
-        return len(b)
 
 
 def _one_line(text, limit=400):

@@ -21,6 +21,7 @@ from glance_docker_import import (  # noqa: E402
     metadefs,  # noqa: E402
     paste_filter,
     plugin,
+    workdir,
 )
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -172,7 +173,9 @@ def test_share_then_revert_restores(tmp_path, glance_archives):
     staged.write_bytes(open(glance_archives["docker"], "rb").read())
     out = task.execute("file://" + str(staged))
     path = out[len("file://"):]
-    assert os.path.basename(path).startswith(image.image_id + ".docker2vm-")
+    # In the import's locked work directory (glance_docker_import.workdir).
+    assert os.path.basename(os.path.dirname(path)) == \
+        f"docker2vm-{image.image_id}-{tasks.task.task_id}"
     assert image.size == os.path.getsize(path)
     assert image.extra_properties["docker_cmd"] == '["cat /app/hello.txt"]'
     assert not staged.exists()
@@ -200,21 +203,25 @@ def test_failure_message_and_cleanup(tmp_path, glance_archives):
     assert os.listdir(tmp_path) == []
 
 
-def test_stale_scratch_of_a_crashed_conversion_is_swept(tmp_path, glance_archives):
-    # Glance's staging cleaner only reaps residue of deleted images and cannot
-    # remove directories: a crash mid-conversion of a live image left these.
-    task, image, tasks, staged = _setup(tmp_path, {"docker_delivery": "disk"})
+def test_dead_work_directory_is_swept_live_one_is_not(tmp_path, glance_archives):
+    # Work directories of imports whose process died (lock free) go before a
+    # conversion starts; a live import's (lock held) stays.
+    task, image, tasks, staged = _setup(tmp_path, {"docker_delivery": "share"})
     staged.write_bytes(open(glance_archives["docker"], "rb").read())
-    stale_file = tmp_path / (image.image_id + ".docker2vm-deadbeef.rootfs.tar")
-    stale_dir = tmp_path / (image.image_id + ".docker2vm-deadbeef.abc123")
-    other = tmp_path / "11111111-2222-3333-4444-555555555555.docker2vm-deadbeef.qcow2"
-    stale_file.write_bytes(b"x")
-    stale_dir.mkdir()
-    (stale_dir / "rootfs.tar").write_bytes(b"x")
-    other.write_bytes(b"another image's import: not ours")
-    out = task.execute("file://" + str(staged))
-    path = out[len("file://"):]
-    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), other.name])
+    dead = tmp_path / "docker2vm-11111111-2222-3333-4444-555555555555-deadbeef"
+    dead.mkdir()
+    (dead / ".lock").write_bytes(b"")
+    (dead / "rootfs.tar").write_bytes(b"x")
+    (dead / "meta.json").write_text("{}")
+    live = workdir.WorkDir.create(str(tmp_path), "22222222-2222-3333-4444-555555555555", "t")
+    try:
+        out = task.execute("file://" + str(staged))
+        names = sorted(os.listdir(tmp_path))
+        assert not dead.exists()
+        assert os.path.basename(live.path) in names
+        assert os.path.dirname(out[len("file://"):]) in [str(tmp_path / n) for n in names]
+    finally:
+        live.remove()
 
 
 def test_heartbeat_saves_and_aborts_when_lock_is_lost():

@@ -1,0 +1,166 @@
+"""Per-import work directories, locked while their import lives, swept after.
+
+Every conversion keeps all of its scratch files (the decompressed copy of a
+compressed upload, the flattened tree, the raw filesystem, the qcow2, the
+converter's log) in one directory ``docker2vm-<image_id>-<task_id>`` under
+``[docker_convert] temp_dir`` (default: Glance's staging directory). The
+glance-api process running the import holds an exclusive ``flock`` on the
+directory's ``.lock`` file from creation until the directory is removed;
+the kernel drops that lock when the process dies, however it dies
+(``kill -9`` included). :func:`sweep` removes exactly the directories
+whose lock is free, so it never touches a live import, in this process or
+in any other glance-api worker sharing the directory.
+
+``meta.json`` in the directory names the image and task and what the
+import changed on the image, so the sweeper can also give the image back
+(:mod:`glance_docker_import.recovery`).
+
+The name does not start with ``<image_id>.``: Glance's own staging
+cleaner would try to ``os.remove`` it (it only removes files).
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+
+LOG = logging.getLogger(__name__)
+
+PREFIX = "docker2vm-"
+LOCK = ".lock"
+META = "meta.json"
+# A directory without meta.json younger than this may be in creation.
+CREATION_GRACE = 60.0
+
+
+def dir_name(image_id, task_id):
+    return "%s%s-%s" % (PREFIX, image_id, task_id)
+
+
+class WorkDir:
+    """The locked work directory of one import (create with :meth:`create`)."""
+
+    def __init__(self, path, lock_fd):
+        self.path = path
+        self._lock_fd = lock_fd
+        self._meta = {}
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def create(cls, base, image_id, task_id, meta=None):
+        path = os.path.join(base, dir_name(image_id, task_id))
+        if os.path.lexists(path):
+            # Left by an earlier run of this very task (it cannot be live:
+            # the task is ours now); remove it only if its lock is free.
+            if not _remove_if_unlocked(path):
+                raise OSError(errno.EBUSY, "work directory is in use", path)
+        os.mkdir(path, 0o700)
+        fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        wd = cls(path, fd)
+        wd.update_meta(dict(meta or {}, image_id=image_id, task_id=task_id,
+                            pid=os.getpid(), created=time.time()))
+        return wd
+
+    def file(self, what):
+        return os.path.join(self.path, what)
+
+    def update_meta(self, changes):
+        with self._mutex:
+            self._meta.update(changes)
+            tmp = self.file(META + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(self._meta, f)
+            os.replace(tmp, self.file(META))
+
+    @property
+    def alive(self):
+        return self._lock_fd is not None
+
+    def remove(self):
+        """Remove the directory and everything in it, then drop the lock."""
+        with self._mutex:
+            if self._lock_fd is None:
+                return
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def remove_when_gone(self, path, poll=1.0):
+        """Keep the directory (and its lock) until ``path`` is deleted, then
+        remove it: Glance uploads the file the plugin returns and deletes it
+        afterwards, or reverts the plugin (which calls :meth:`remove`)."""
+        def wait():
+            while self.alive and os.path.exists(path):
+                time.sleep(poll)
+            self.remove()
+        threading.Thread(target=wait, daemon=True,
+                         name="docker-convert-cleanup-%s" % os.path.basename(self.path)).start()
+
+
+def read_meta(path):
+    try:
+        with open(os.path.join(path, META)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_if_unlocked(path, on_dead=None):
+    """Remove ``path`` if no live process holds its lock. Returns True if
+    removed (or already gone)."""
+    lock = os.path.join(path, LOCK)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    except OSError as exc:
+        LOG.warning("docker-convert: cannot open %s: %s", lock, exc)
+        return False
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False          # a live import
+        meta = read_meta(path)
+        if meta is None:
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(path).st_mtime < CREATION_GRACE:
+                    return False      # being created right now
+        if on_dead is not None and meta:
+            try:
+                on_dead(meta)
+            except Exception:
+                LOG.exception("docker-convert: recovering the import in %s failed", path)
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.exists(path)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep(base, on_dead=None):
+    """Remove every work directory in ``base`` that no live import holds.
+
+    ``on_dead(meta)`` is called first for each one (with its meta.json).
+    Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return removed
+    for name in sorted(names):
+        path = os.path.join(base, name)
+        if not name.startswith(PREFIX) or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if _remove_if_unlocked(path, on_dead):
+            LOG.warning("docker-convert: removed the work directory %s of an import "
+                        "that is no longer running", path)
+            removed.append(name)
+    return removed
