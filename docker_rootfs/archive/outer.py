@@ -107,7 +107,8 @@ class OuterArchive:
                     elif m.islnk():
                         self.links[name] = _norm(m.linkname)
                     tf.members.clear()
-        except tarfile.TarError as exc:
+        except (tarfile.TarError, ValueError, OverflowError) as exc:
+            # ValueError/OverflowError: a member size beyond any file offset (found by fuzzing)
             raise errors.ArchiveError(f"{self.path} is not a readable tar archive: {exc}") from None
         if not self.members:
             raise errors.ArchiveError(f"{self.path} is not an image archive: no files in it")
