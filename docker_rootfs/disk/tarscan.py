@@ -130,7 +130,8 @@ def scan(path, max_entries=None, want_sha256=False):
         while True:
             try:
                 m = tf.next()
-            except (tarfile.TarError, EOFError) as exc:
+            except (tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
+                # ValueError/OverflowError: a size beyond any file offset (found by fuzzing)
                 raise errors.ArchiveError(f"truncated or corrupt flattened tar: {exc}") from None
             if m is None:
                 break
