@@ -20,6 +20,7 @@ import zstandard
 
 from docker_rootfs import errors
 from docker_rootfs.archive import open_image
+from docker_rootfs.disk import tarscan
 from docker_rootfs.limits import Limits
 
 
@@ -82,3 +83,28 @@ def test_index_without_images(tmp_path, manifests):
     msg = refuse(tmp_path, oci_archive({"schemaVersion": 2, "manifests": manifests}, [b"{}"]),
                  errors.ImageSelectionError)
     assert "no container image" in msg
+
+
+def huge_member_tar(name):
+    """A tar whose second member claims 2**70 bytes (GNU base-256 size)."""
+    small = tarfile.TarInfo("a")
+    small.size = 1
+    huge = tarfile.TarInfo(name)
+    huge.size = 2 ** 70
+    return (small.tobuf(tarfile.GNU_FORMAT) + b"x".ljust(512, b"\0")
+            + huge.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
+
+
+def test_outer_archive_member_beyond_any_offset(tmp_path):
+    """Found by the fuzzer (tarscan target; the outer archive index reads
+    the same way): a member size no file offset can hold was a ValueError
+    from tarfile's seek."""
+    msg = refuse(tmp_path, huge_member_tar("manifest.json"))
+    assert "not a readable tar archive" in msg
+
+
+def test_tarscan_member_beyond_any_offset(tmp_path):
+    path = tmp_path / "rootfs.tar"
+    path.write_bytes(huge_member_tar("b"))
+    with pytest.raises(errors.ArchiveError, match="truncated or corrupt flattened tar"):
+        tarscan.scan(str(path))
