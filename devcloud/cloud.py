@@ -7,7 +7,7 @@ MariaDB         ``mariadbd``, unix socket only (``STATE/mysql/sock``)
 RabbitMQ        Debian ``rabbitmq-server`` started by hand (own epmd)
 Keystone        pip ``keystone``, ``keystone.wsgi.api`` under gunicorn
 Glance          pip ``glance`` 33 + this project's plugin and paste filter
-                (glance_docker_import.devserver's config, keystone authtoken
+                (devcloud.glance_dev's config, keystone authtoken
                 instead of its dev filter), gunicorn
 Placement       pip ``openstack-placement``, ``placement.wsgi.api`` under gunicorn
 Nova            pip ``nova`` 34: api (``nova.wsgi.osapi_compute`` under
@@ -38,6 +38,8 @@ import sys
 import time
 import urllib.request
 
+from devcloud.ceph import DAEMONS as CEPH_DAEMONS
+from devcloud.ceph import Ceph
 from devcloud.libvirtd import Libvirtd
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +53,7 @@ PORTS = {"keystone": 0, "glance": 92, "placement": 78, "nova-api": 74,
 # Start order; down goes in reverse.
 STOCK_DRIVER = "libvirt.LibvirtDriver"
 DOCKER2VM_DRIVER = "docker2vm.Docker2VMDriver"
-SERVICES = ("mysql", "epmd", "rabbitmq", "libvirtd", "keystone", "glance",
+SERVICES = ("mysql", *CEPH_DAEMONS, "epmd", "rabbitmq", "libvirtd", "keystone", "glance",
             "placement", "neutron", "nova-api", "nova-conductor",
             "nova-scheduler", "nova-compute")
 
@@ -75,7 +77,7 @@ class CloudError(RuntimeError):
 
 class Cloud:
     def __init__(self, state=None, port_base=None, compute_driver=None,
-                 docker2vm_opts=None, log=None):
+                 docker2vm_opts=None, log=None, ceph=None):
         self.state = os.path.abspath(state or os.environ.get("DEVCLOUD_STATE")
                                      or os.path.join(TOP, ".cloud"))
         base = int(port_base or os.environ.get("DEVCLOUD_PORT_BASE", "28700"))
@@ -86,6 +88,10 @@ class Cloud:
         self._log = log or (lambda msg: (sys.stderr.write(f"devcloud: {msg}\n"), sys.stderr.flush()))
         self.t0 = time.monotonic()
         self.libvirtd = Libvirtd(self.path("libvirt"))
+        # DEVCLOUD_CEPH=1 (or --ceph): Glance's rbd store, Nova's rbd image backend
+        if ceph is None:
+            ceph = os.environ.get("DEVCLOUD_CEPH", "0") == "1"
+        self.ceph = Ceph(self, base) if ceph else None
 
     def log(self, msg):
         self._log(f"[{time.monotonic() - self.t0:5.1f}s] {msg}")
@@ -257,9 +263,14 @@ class Cloud:
         self.start_mysql()
         self.start_rabbitmq()
         self.libvirtd.start()
-        self.wait("mysql", lambda: self._mysql("SELECT 1") is not None, 60)
-        self.create_databases()
-        self.setup_databases()
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as ex:     # Ceph comes up while the databases migrate
+            ceph_up = ex.submit(self.ceph.up) if self.ceph else None
+            self.wait("mysql", lambda: self._mysql("SELECT 1") is not None, 60)
+            self.create_databases()
+            self.setup_databases()
+            if ceph_up:
+                ceph_up.result()
         self.start_keystone()
         self.bootstrap_keystone()
         self.start_glance()
@@ -267,6 +278,8 @@ class Cloud:
         self.start_neutron()
         self.start_nova()
         self.libvirtd.wait_ready()
+        if self.ceph:
+            self.ceph.libvirt_secret(self.libvirtd)
         self.start_compute()
         self.finish_nova()
         self.write_clouds_yaml()
@@ -448,7 +461,7 @@ endpoint_override = {self.url('neutron')}
 [libvirt]
 virt_type = qemu
 connection_uri = {self.libvirtd.uri}
-[scheduler]
+{self.ceph.nova_conf() if self.ceph else ''}[scheduler]
 discover_hosts_in_cells_interval = 5
 workers = 1
 [conductor]
@@ -604,7 +617,8 @@ extension_drivers =
                # gunicorn 27 would otherwise create ~/.gunicorn/gunicorn.ctl
                "--no-control-socket", "devcloud.wsgi:application"]
         env = dict(env, DEVCLOUD_WSGI_APP=app,
-                   PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=os.pathsep.join(p for p in (TOP, env.get("PYTHONPATH"),
+                                                          os.environ.get("PYTHONPATH")) if p))
         return self.spawn(name, cmd, env=env)
 
     def setup_databases(self):
@@ -702,6 +716,8 @@ extension_drivers =
     def setup_glance_db(self):
         g = self.glance
         g.write_config()
+        if self.ceph:
+            self.ceph.configure_glance(g.dir)
         if not self.stamp("glance-db"):
             self.log("glance: db_sync")
             g.db_sync()
@@ -710,8 +726,10 @@ extension_drivers =
     def start_glance(self):
         g = self.glance
         if not self.pid("glance"):
-            self.gunicorn("glance", "glance.wsgi.api:application", self.ports["glance"],
-                          g.env())
+            env = g.env()
+            if self.ceph:
+                env["PYTHONPATH"] = self.ceph.python_path()
+            self.gunicorn("glance", "glance.wsgi.api:application", self.ports["glance"], env)
             self.log(f"glance started on {self.url('glance')}")
 
     def setup_placement_db(self):
@@ -865,8 +883,8 @@ extension_drivers =
         return self.path("base", "boot.qcow2")
 
     def compute_signature(self):
-        return json.dumps({"driver": self.compute_driver, "docker2vm": self.docker2vm_opts},
-                          sort_keys=True)
+        return json.dumps({"driver": self.compute_driver, "docker2vm": self.docker2vm_opts,
+                           "ceph": bool(self.ceph)}, sort_keys=True)
 
     def start_compute(self):
         sig_file = self.path("compute-driver.json")
@@ -881,7 +899,9 @@ extension_drivers =
             self.kill("nova-compute")
         with open(sig_file, "w") as f:
             f.write(self.compute_signature())
-        env = {"PYTHONPATH": TOP + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {"PYTHONPATH": os.pathsep.join(
+            [TOP] + ([self.ceph.python_path()] if self.ceph else [])
+            + [os.environ.get("PYTHONPATH", "")])}
         if self.spawn("nova-compute", [sys.executable, "-m", "devcloud.nova_compute"]
                       + self.nova_args("nova-compute"), env=env):
             self.log(f"nova-compute started ({self.compute_driver}, "

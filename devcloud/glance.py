@@ -1,4 +1,4 @@
-"""The cloud's Glance: glance_docker_import.devserver's configuration (the
+"""The cloud's Glance: devcloud.glance_dev's configuration (the
 docker-convert plugin, its paste filter, file store, staging) with Keystone
 instead of the development token filter.
 
@@ -9,7 +9,7 @@ The cloud starts gunicorn itself (devcloud.cloud.Cloud.gunicorn), so only
 the configuration, ``db_sync`` and ``env`` of DevServer are used.
 """
 
-from glance_docker_import.devserver import DevServer
+from devcloud.glance_dev import DevServer
 
 AUTHTOKEN_FILTER = """
 [filter:authtoken]
@@ -28,7 +28,7 @@ class KeystoneGlance(DevServer):
         with open(paste) as f:
             text = f.read()
         if " devauth context " not in text:
-            raise RuntimeError("glance_docker_import.devserver's paste pipeline changed: "
+            raise RuntimeError("devcloud.glance_dev's paste pipeline changed: "
                                "no 'devauth context' to replace with keystone authtoken")
         text = text.replace(" devauth context ", " authtoken context ")
         with open(paste, "w") as f:

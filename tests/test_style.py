@@ -33,3 +33,27 @@ def test_shellcheck():
     proc = subprocess.run([shellcheck, "-x", "-s", "bash"] + scripts, cwd=TOP,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+PRODUCT = ("docker_rootfs", "glance_docker_import", "nova_image_handler", "nova/virt/docker2vm")
+DEV_ONLY = ("tests", "devcloud", "bench")
+
+
+def test_product_code_imports_no_dev_code():
+    """The installed packages never import the test suite, the development
+    cloud (devcloud/, the local Glance included) or the benchmarks."""
+    import ast
+    bad = []
+    for pkg in PRODUCT:
+        for path in sorted(glob.glob(os.path.join(TOP, pkg, "**", "*.py"), recursive=True)):
+            with open(path) as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names = [node.module]
+                bad += [f"{os.path.relpath(path, TOP)}:{node.lineno}: {n}" for n in names
+                        if n.split(".")[0] in DEV_ONLY]
+    assert not bad, "product code imports development code:\n" + "\n".join(bad)

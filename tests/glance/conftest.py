@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from glance_docker_import.devserver import DevServer, _venv_bin
+from devcloud.glance_dev import DevServer, _venv_bin
 from tests.fixtures.build_fixtures import unmount_under
 
 CONTAINERFILE = """\

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
+from devcloud.glance_dev import DevServer
 from docker_rootfs.archive import open_image
-from glance_docker_import.devserver import DevServer
 from tests.glance.conftest import Api, cli_image_id, run_glance_cli, staging_leftovers
 
 pytestmark = [pytest.mark.glance, pytest.mark.tools]

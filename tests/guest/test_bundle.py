@@ -187,7 +187,7 @@ def test_glance_import_bundle(archive, base, app, tmp_path_factory):
     --property docker_delivery=bundle stores the same bytes as docker2vm bundle,
     as a qcow2/bare image with the properties stock Nova boots it with."""
     pytest.importorskip("glance")
-    from glance_docker_import.devserver import DevServer
+    from devcloud.glance_dev import DevServer
     from tests.glance.conftest import Api, cli_image_id, run_glance_cli, staging_leftovers
     srv = DevServer(str(tmp_path_factory.mktemp("glance-bundle")),
                     convert_opts={"bundle_base_dir": os.path.dirname(base.initrd)})
