@@ -30,9 +30,13 @@ def main(argv=None):
                         "libvirt.LibvirtDriver; docker2vm.Docker2VMDriver for this project's)")
     p.add_argument("--docker2vm", action="append", default=[], metavar="OPT=VALUE",
                    help="a [docker2vm] option for nova.conf (repeatable)")
+    p.add_argument("--ceph", action="store_true", default=None,
+                   help="a real single-node Ceph: Glance's rbd store, Nova's images_type=rbd "
+                        "(default $DEVCLOUD_CEPH=1; doc/source/ceph.md)")
     args = p.parse_args(argv)
     opts = dict(kv.split("=", 1) for kv in args.docker2vm)
-    cloud = Cloud(args.state, compute_driver=args.compute_driver, docker2vm_opts=opts)
+    cloud = Cloud(args.state, compute_driver=args.compute_driver, docker2vm_opts=opts,
+                  ceph=args.ceph)
     user = "admin" if args.admin else "demo"
     try:
         if args.cmd == "up":

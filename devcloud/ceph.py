@@ -83,7 +83,12 @@ class Ceph:
     @property
     def secret_uuid(self):
         """The libvirt secret nova-compute's QEMUs authenticate with (client.nova)."""
-        with open(self.path("libvirt-secret-uuid")) as f:
+        path = self.path("libvirt-secret-uuid")
+        if not os.path.exists(path):
+            os.makedirs(self.dir, exist_ok=True)
+            with open(path, "w") as f:
+                f.write(str(uuid.uuid4()))
+        with open(path) as f:
             return f.read().strip()
 
     # -- commands ------------------------------------------------------------------
@@ -266,8 +271,6 @@ osd_memory_target = 1073741824
             for k, v in caps.items():
                 args += [k, v]
             self.ceph("auth", "get-or-create", f"client.{user}", *args, "-o", self.keyring(user))
-        with open(self.path("libvirt-secret-uuid"), "w") as f:
-            f.write(str(uuid.uuid4()))
 
     def osd_up(self):
         stat = json.loads(self.ceph("osd", "stat", "--format=json", timeout=10))
@@ -289,10 +292,24 @@ osd_memory_target = 1073741824
         return all(self.cloud.pid(d) for d in DAEMONS)
 
     # -- what the services get ---------------------------------------------------------
-    def glance_store_conf(self):
-        """glance-api.conf: the rbd store (glance_store's driver) as the default."""
-        return (f"\n[ceph]\nrbd_store_pool = images\nrbd_store_user = glance\n"
-                f"rbd_store_ceph_conf = {self.conf}\nrbd_store_chunk_size = 8\n")
+    def configure_glance(self, glance_dir):
+        """glance-api.conf: glance_store's rbd driver as store ``ceph``, the
+        default (the file store stays, as ``fs``); ``show_image_direct_url``
+        so Nova sees the ``rbd://FSID/images/ID/snap`` location it clones."""
+        conf = os.path.join(glance_dir, "glance-api.conf")
+        with open(conf) as f:
+            text = f.read()
+        for old, new in (("enabled_backends = fs:file\n", "enabled_backends = fs:file, ceph:rbd\n"
+                          "show_image_direct_url = true\n"),
+                         ("default_backend = fs\n", "default_backend = ceph\n")):
+            if old not in text:
+                raise RuntimeError(f"devcloud.ceph: {conf} has no '{old.strip()}' to change")
+            text = text.replace(old, new)
+        text += (f"\n[ceph]\nrbd_store_pool = images\nrbd_store_user = glance\n"
+                 f"rbd_store_ceph_conf = {self.conf}\nrbd_store_chunk_size = 8\n"
+                 "store_description = Ceph RBD (devcloud)\n")
+        with open(conf, "w") as f:
+            f.write(text)
 
     def nova_conf(self):
         """[libvirt] lines for nova-compute: instances' disks in pool vms."""
