@@ -51,7 +51,10 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.InvalidHeaderError as exc:
             raise LayerTarError(f"invalid tar header at byte {tf.offset}: {exc}") from None
         obj.offset = tf.fileobj.tell() - BLOCK
-        return obj._proc_member(tf)
+        member = obj._proc_member(tf)
+        if member.size < 0:   # base-256 or PAX; tarfile would seek backwards (found by fuzzing)
+            raise LayerTarError(f"invalid tar header at byte {obj.offset}: negative size {member.size}")
+        return member
 
 
 class _EndAwareReader(ForwardReader):

@@ -99,6 +99,8 @@ class OuterArchive:
                     if count > self.limits.max_archive_entries:
                         raise errors.LimitExceeded("max_archive_entries", count,
                                                    self.limits.max_archive_entries, "image archive")
+                    if m.size < 0:   # tarfile would seek backwards, even loop (found by fuzzing)
+                        raise errors.ArchiveError(f"{self.path}: member {m.name!r} has a negative size")
                     name = _norm(m.name)
                     if m.isreg():
                         self.members[name] = (m.offset_data, m.size)
