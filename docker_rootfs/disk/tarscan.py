@@ -135,6 +135,8 @@ def scan(path, max_entries=None, want_sha256=False):
                 raise errors.ArchiveError(f"truncated or corrupt flattened tar: {exc}") from None
             if m is None:
                 break
+            if m.size < 0:   # tarfile would seek backwards, even loop (found by fuzzing)
+                raise errors.ArchiveError(f"corrupt flattened tar: {m.name!r} has a negative size")
             tf.members = []     # keep memory flat: we record our own compact entry
             scanner.add(m)
     if want_sha256:
