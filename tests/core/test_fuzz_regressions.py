@@ -108,3 +108,39 @@ def test_tarscan_member_beyond_any_offset(tmp_path):
     path.write_bytes(huge_member_tar("b"))
     with pytest.raises(errors.ArchiveError, match="truncated or corrupt flattened tar"):
         tarscan.scan(str(path))
+
+
+def negative_size_tar(name, size=-512):
+    """A tar whose second member has a negative size (GNU base-256), which
+    made tarfile seek backwards to an earlier header."""
+    small = tarfile.TarInfo("a")
+    small.size = 1
+    bad = tarfile.TarInfo(name)
+    bad.size = size
+    return (small.tobuf(tarfile.GNU_FORMAT) + b"x".ljust(512, b"\0")
+            + bad.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
+
+
+def test_outer_archive_negative_size(tmp_path):
+    """Found by the fuzzer: tarfile went back to re-read earlier headers
+    (bounded only by max_archive_entries) or failed with OSError."""
+    msg = refuse(tmp_path, negative_size_tar("manifest.json", -10 ** 6))
+    assert "negative size" in msg
+
+
+@pytest.mark.parametrize("size", [-512, -10 ** 12])
+def test_layer_negative_size(tmp_path, size):
+    """Found by the `layers` target: an OSError 'cannot seek back in a
+    layer stream'."""
+    from fuzz.targets import build_archive
+    msg = refuse(tmp_path, build_archive([("gzip", negative_size_tar("b", size))]))
+    assert "negative size" in msg
+
+
+@pytest.mark.parametrize("size", [-512, -10 ** 12])
+def test_tarscan_negative_size(tmp_path, size):
+    """Found by the `tarscan` target: OSError EINVAL from seek."""
+    path = tmp_path / "rootfs.tar"
+    path.write_bytes(negative_size_tar("b", size))
+    with pytest.raises(errors.ArchiveError, match="negative size"):
+        tarscan.scan(str(path))
