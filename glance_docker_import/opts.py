@@ -92,7 +92,9 @@ convert_opts = [
 
 def register_opts(conf):
     from docker_rootfs import opts as core_opts
+    from glance_docker_import import store_format
     conf.register_opts(convert_opts, group=GROUP)
+    store_format.register_opts(conf)
     for register in (core_opts.register_opts, core_opts.register_disk_opts):
         try:
             register(conf)
@@ -103,4 +105,5 @@ def register_opts(conf):
 def list_opts():
     """oslo-config-generator entry point (namespace docker2vm.glance)."""
     from docker_rootfs import opts as core_opts
-    return [(GROUP, convert_opts)] + core_opts.list_opts()
+    from glance_docker_import import store_format
+    return [(GROUP, convert_opts + store_format.format_opts)] + core_opts.list_opts()

@@ -42,7 +42,7 @@ from taskflow.patterns import linear_flow as lf
 
 from docker_rootfs import errors
 from docker_rootfs.properties import DELIVERY
-from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME, converter, opts, recovery, workdir
+from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME, converter, opts, recovery, store_format, workdir
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -182,7 +182,11 @@ class _DockerConvert(task.Task):
         }
 
     def disk_format(self, delivery):
-        """Format of the produced disk (disk and bundle deliveries)."""
+        """Format of the produced disk (disk and bundle deliveries): a disk
+        image bound for rbd stores is raw, so Nova can clone it
+        (glance_docker_import.store_format, [docker_convert] disk_format)."""
+        if delivery == "disk":
+            return store_format.disk_format(CONF, self.stores)
         return "qcow2"
 
     # -- execute -----------------------------------------------------------
