@@ -19,7 +19,7 @@ the real driver (``Docker2VMDriver``) in one run, two ways:
 
 Per instance the driver's own steps are timed: ``_create_image`` (the
 first instance includes the download into ``_base``), ``_get_guest_xml``
-(host capabilities from a private real libvirtd, tests/nova/libvirtd.py)
+(host capabilities from a private real libvirtd, devcloud/libvirtd.py)
 and ``_create_configdrive``. Stand-ins as in tests/nova/libvirtkit.py:
 the image API serves a local file (the "download" is a local copy, so the
 network is not measured), no database, no Neutron. Instances are created
@@ -295,8 +295,8 @@ def main(argv=None):
 
     os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
     import tests.nova.conftest  # noqa: F401  (Nova's threading bootstrap, the shim path)
+    from devcloud.libvirtd import Libvirtd
     from tests.guest import images
-    from tests.nova.libvirtd import Libvirtd
 
     base = images.base_image()
     image, props = make_rootfs(args.size_mb)

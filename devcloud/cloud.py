@@ -87,7 +87,7 @@ class Cloud:
         self.docker2vm_opts = dict(docker2vm_opts or {})
         self._log = log or (lambda msg: (sys.stderr.write(f"devcloud: {msg}\n"), sys.stderr.flush()))
         self.t0 = time.monotonic()
-        self.libvirtd = Libvirtd(self.path("libvirt"))
+        self.libvirtd = Libvirtd(self.path("libvirt"), persistent=True)
         # DEVCLOUD_CEPH=1 (or --ceph): Glance's rbd store, Nova's rbd image backend
         if ceph is None:
             ceph = os.environ.get("DEVCLOUD_CEPH", "0") == "1"
@@ -262,7 +262,7 @@ class Cloud:
         self.write_configs()
         self.start_mysql()
         self.start_rabbitmq()
-        self.libvirtd.start()
+        self.libvirtd.start(wait=False)
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(1) as ex:     # Ceph comes up while the databases migrate
             ceph_up = ex.submit(self.ceph.up) if self.ceph else None

@@ -227,7 +227,8 @@ def test_libvirt_domain_disk_alone(app, tmp_path):
     pytest.importorskip("libvirt")
     import libvirt
 
-    from tests.nova import libvirtd, libvirtkit
+    from devcloud import libvirtd
+    from tests.nova import libvirtkit
     missing = libvirtd.missing_tools()
     if missing:
         pytest.fail(f"{', '.join(missing)} needed ({', '.join(libvirtd.PACKAGES)})", pytrace=False)

@@ -1,6 +1,6 @@
 """The Nova driver's domains, run for real: Docker2VMDriver on a real libvirtd.
 
-A private libvirtd + virtlogd (tests/nova/libvirtd.py: own mount
+A private libvirtd + virtlogd (devcloud/libvirtd.py: own mount
 namespace, started and stopped here, TCG only: ``virt_type = qemu``) is
 the driver's ``[libvirt] connection_uri``. Each test runs
 ``Docker2VMDriver.spawn`` itself (tests/nova/libvirtkit.py:NovaCompute):
@@ -42,8 +42,8 @@ from unittest import mock
 
 import pytest
 
+from devcloud import libvirtd as libvirtd_mod
 from tests.guest import images
-from tests.nova import libvirtd as libvirtd_mod
 from tests.nova import libvirtkit as kit
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.nova]
