@@ -20,7 +20,9 @@ tree, so no tenant path, symlink or hard link can reach outside it.
 Memory is bounded by the number of entries, not by their size.
 """
 
+import io
 import logging
+import os
 import tarfile
 
 from docker_rootfs import errors
@@ -294,6 +296,12 @@ class TarWriter:
         self._out = out
         self._notify = notify
         self.offset = 0
+        self._out_fd = None
+        if isinstance(out, (io.BufferedWriter, io.FileIO)):
+            try:
+                self._out_fd = out.fileno()
+            except (OSError, ValueError):
+                pass
 
     def addfile(self, ti, fileobj=None):
         header = _ustar_header(ti) or ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -307,7 +315,7 @@ class TarWriter:
             self._out.write(header + data + bytes(pad))
         else:
             self._out.write(header)
-            left = size
+            left = size - self._send(ti.name, fileobj, size)
             while left:
                 data = fileobj.read(min(COPY_CHUNK, left))
                 if not data:
@@ -320,10 +328,72 @@ class TarWriter:
         if self._notify is not None:
             self._notify(ti, data_offset)
 
+    def _send(self, name, fileobj, size):
+        """Copy a big member's data in the kernel (sendfile: no trip through
+        Python buffers) when it is a window of a file (the layer spool or
+        the archive, see ``FileWindow``) and the output a file descriptor;
+        returns how many bytes were copied (0 when it cannot be done)."""
+        fd = getattr(fileobj, "fd", None)
+        if self._out_fd is None or fd is None or fileobj.tell() != 0 or fileobj.size != size:
+            return 0
+        self._out.flush()
+        src, done = fileobj.start, 0
+        while done < size:
+            try:
+                n = os.sendfile(self._out_fd, fd, src + done, size - done)
+            except OSError:
+                if done:
+                    raise
+                self._out_fd = None   # not with this output: copy as before
+                return 0
+            if not n:
+                raise errors.ArchiveError(f"{name}: file data ended early")
+            done += n
+        fileobj.skip(size)
+        return done
+
     def close(self):
         """End-of-archive blocks, padded to tarfile's record size."""
         end = self.offset + 2 * tarfile.BLOCKSIZE
         self._out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+
+
+class RefWriter:
+    """Stands in for :class:`TarWriter` when the consumer reads file data
+    itself (the disk builder): instead of writing a tar, it reports each
+    member, in the same order and as the same TarInfo the tar would hold,
+    with where its data already lies: ``member_at(tarinfo, fd, offset)``
+    (``fd`` -1 for members without data). The data of a regular file is a
+    window of a verified layer (its spool, or the archive itself); a sparse
+    file, which has no such window once expanded, is copied to ``scratch()``
+    (a binary file object)."""
+
+    def __init__(self, member_at, scratch):
+        self._report = member_at
+        self._scratch = scratch
+
+    def addfile(self, ti, fileobj=None):
+        if fileobj is None:
+            self._report(ti, -1, 0)
+            return
+        fd = getattr(fileobj, "fd", None)
+        if fd is not None and fileobj.tell() == 0 and fileobj.size == ti.size:
+            self._report(ti, fd, fileobj.start)
+            return
+        f = self._scratch()
+        start = f.seek(0, 2)
+        left = ti.size
+        while left:
+            data = fileobj.read(min(COPY_CHUNK, left))
+            if not data:
+                raise errors.ArchiveError(f"{ti.name}: file data ended early")
+            f.write(data)
+            left -= len(data)
+        f.flush()
+        self._report(ti, f.fileno(), start)
+
+    def close(self):
+        pass
 
 
 SMALL_MEMBER = 64 * 1024
@@ -459,12 +529,20 @@ class Flattener:
         """Write the PAX tar to ``out``. If ``out`` has a
         ``member_written(tarinfo, data_offset)`` method, it is called after
         each member (the disk builder records its entries that way instead
-        of reading the tar back)."""
+        of reading the tar back).
+
+        If ``out`` has a ``member_at`` method (not None), no tar is written:
+        see :class:`RefWriter`; the layers' data then stays where it is
+        (spools kept) until the image is closed."""
         tree = self.build_tree()
         primary = {}          # id(inode) -> first path written (or planned) for it
         later = {}            # id(inode) -> [extra paths] for regular files
         by_layer = {}         # layer index -> {data offset: (path, inode)}
-        tf = TarWriter(out, getattr(out, "member_written", None))
+        refs = getattr(out, "member_at", None)
+        if refs is not None:
+            tf = RefWriter(refs, out.scratch)
+        else:
+            tf = TarWriter(out, getattr(out, "member_written", None))
         # Pass A: everything without content, parents before children.
         for path, node in tree.walk():
             key = id(node)
@@ -487,7 +565,7 @@ class Flattener:
             wanted = by_layer[i]
             layer = self.layers[i]
             self.progress(0.5 + i / n / 2, f"copying files of layer {i + 1}/{n}")
-            with layer.content() as read_at:
+            with (layer.content(keep=True) if refs else layer.content()) as read_at:
                 for offset in sorted(wanted):
                     path, node, sparse = wanted[offset]
                     data = (SparseReader(read_at(offset, sum(n for _, n in sparse)), sparse, node.size)
