@@ -42,7 +42,8 @@ MKE2FS_CONF = """[defaults]
 
 @dataclasses.dataclass
 class BuildJob:
-    tar_path: str            # the flattened PAX tar (a regular file)
+    tar_path: str            # the flattened PAX tar (a regular file); None when no tar
+                             # was written (only for builders that read entries)
     entries: list            # tarscan.Entry list, in stream order
     stats: object            # tarscan.TarStats
     geometry: object         # sizing.Geometry
@@ -69,6 +70,9 @@ class Builder:
     reproducible = True
     #: tenant data is only ever handled inside a VM
     isolated = False
+    #: reads file data only where the job's entries say (``Entry.offset``,
+    #: ``Entry.fd``), never the tar as a whole: it can build without one
+    reads_entries = False
 
     @classmethod
     def unavailable_reason(cls):

@@ -3,7 +3,10 @@
 ``build_disk(source, output, options)`` where ``source`` is either the path
 of a flattened PAX tar or a callable ``writer(fileobj)`` producing one (e.g.
 ``img.flatten``); a callable's stream is spooled to the temporary directory
-first (sizing needs the totals before mke2fs runs).
+first (sizing needs the totals before mke2fs runs). When the image digest
+is given and the builder reads only what the entries point at (ext2fs), a
+writer that can (``Flattener.write`` with ``member_at``) writes no tar at
+all: the entries point at the data in the layers' verified spools.
 
 Everything temporary lives in one private directory under
 ``options.tmp_dir``, created mode 0700 and removed on success, failure,
@@ -94,32 +97,76 @@ def check_free_space(directory, needed, what):
                                    f"{free // MiB} MiB available")
 
 
+class _Sink:
+    """What ``build_disk`` hands a writer: a file (the tar spool, hashed
+    when the seed needs it) with ``member_written`` (a writer that reports
+    its members feeds the scanner as it goes, see ``Flattener.write``) and,
+    when ``in_place``, ``member_at``: the writer then writes no tar and
+    reports where each member's data already lies (``RefWriter``)."""
+
+    def __init__(self, f, scanner, want_hash, in_place, scratch_dir):
+        self.f = f
+        self.scanner = scanner
+        self.hash = hashlib.sha256() if want_hash else None
+        self.fed = False
+        self.in_place = False
+        self._scratch = None
+        self._scratch_dir = scratch_dir
+        if not in_place:
+            self.member_at = None   # the writer writes a tar
+
+    def write(self, b):
+        if self.hash:
+            self.hash.update(b)
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+    def member_written(self, tarinfo, data_offset):
+        self.fed = True
+        self.scanner.add(tarinfo, data_offset)
+
+    def member_at(self, tarinfo, fd, offset):
+        self.fed = self.in_place = True
+        self.scanner.add(tarinfo, offset, fd)
+
+    def scratch(self):
+        """A file for data that has no place yet (expanded sparse files)."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryFile(dir=self._scratch_dir, prefix="data-")
+        return self._scratch
+
+    def close(self):
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+
+
 def _spool(writer, path, want_hash, scanner):
     """Run ``writer(fileobj)`` into ``path``; a writer that reports its
     members (see ``Flattener.write``) feeds ``scanner`` as it goes. Returns
     (sha256 hex or "", whether the scanner was fed)."""
-    h = hashlib.sha256() if want_hash else None
-    fed = [False]
+    return _run_writer(writer, path, want_hash, scanner)[:2]
 
-    class _Tee:
-        def __init__(self, f):
-            self.f = f
 
-        def write(self, b):
-            if h:
-                h.update(b)
-            return self.f.write(b)
-
-        def flush(self):
-            self.f.flush()
-
-        def member_written(self, tarinfo, data_offset):
-            fed[0] = True
-            scanner.add(tarinfo, data_offset)
-
+def _run_writer(writer, path, want_hash, scanner, in_place=False):
+    """:func:`_spool`; with ``in_place`` the writer may write nothing and
+    report where the data lies instead. Returns (sha256 hex or "", whether
+    the scanner was fed, the sink or None when a tar was written; the
+    caller closes the sink)."""
     with open(path, "wb") as f:
-        writer(_Tee(f))
-    return (h.hexdigest() if h else ""), fed[0]
+        sink = _Sink(f, scanner, want_hash, in_place, os.path.dirname(path))
+        try:
+            writer(sink)
+        except BaseException:
+            sink.close()
+            raise
+    if sink.in_place:
+        os.unlink(path)
+        return "", True, sink
+    sink.close()
+    return (sink.hash.hexdigest() if sink.hash else ""), sink.fed, None
 
 
 def build_disk(source, output, options=None, digest=None, created=None, progress=None,
@@ -139,15 +186,22 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
     out_dir = os.path.dirname(os.path.abspath(output)) or "."
     work = tempfile.mkdtemp(prefix=tmp_prefix or "docker2vm-disk-", dir=tmp_parent)
     partial = None
+    sink = None
     try:
-        # 1. The tar, as a file we can pread.
+        # 1. The tar, as a file we can pread; or, when the image digest seeds
+        # the ids and the builder reads only what the entries point at, no
+        # tar: the entries point into the layers' verified spools (which
+        # live as long as the image the writer flattens stays open).
         seed_hash = ""
         scanned = None
         if callable(source):
             progress(0.0, "flattening")
             tar_path = os.path.join(work, "rootfs.tar")
             scanner = tarscan.Scanner(max_entries)
-            seed_hash, fed = _spool(source, tar_path, not digest, scanner)
+            seed_hash, fed, sink = _run_writer(source, tar_path, not digest, scanner,
+                                               in_place=bool(digest) and builder_cls.reads_entries)
+            if sink is not None:
+                tar_path = None
             if fed:
                 scanned = scanner.entries, scanner.stats
             timings["flatten"] = time.monotonic() - t0
@@ -225,6 +279,8 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
                           label=options.label, inodes=geometry.inodes,
                           fixed_time=fixed_time, seed=seed, timings=timings)
     finally:
+        if sink is not None:
+            sink.close()
         if partial:
             _unlink(partial)
         shutil.rmtree(work, ignore_errors=True)
@@ -264,10 +320,22 @@ def fsck(raw_path):
 
 
 def qemu_img_convert(raw_path, out_path, compress=False, progress=None):
+    """raw -> qcow2. Uncompressed, the data clusters are copied in the
+    kernel (``-C``: copy_file_range, no trip through qemu-img's buffers;
+    same clusters in the same order, so the same file); where the kernel
+    or the filesystems cannot, the ordinary copy runs instead."""
+    if not compress:
+        try:
+            return _qemu_img_convert(raw_path, out_path, ["-C"], progress)
+        except errors.ToolError as exc:
+            LOG.info("qemu-img convert -C (copy offloading) failed (%s); copying through qemu-img",
+                     exc)
+    return _qemu_img_convert(raw_path, out_path, ["-c"] if compress else [], progress)
+
+
+def _qemu_img_convert(raw_path, out_path, extra, progress):
     qemu_img = base.need_tool("qemu-img", "qemu-utils")
-    argv = [qemu_img, "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]
-    if compress:
-        argv.append("-c")
+    argv = [qemu_img, "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", *extra]
     if progress:
         argv.append("-p")
     argv += [raw_path, out_path]

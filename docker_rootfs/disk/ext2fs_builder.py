@@ -39,6 +39,7 @@ class Ext2fsBuilder(base.Builder):
     name = "ext2fs"
     unprivileged = True
     reproducible = True
+    reads_entries = True
 
     @classmethod
     def unavailable_reason(cls):
@@ -149,7 +150,8 @@ class Populator:
     def run(self):
         job = self.job
         self.dirs = []
-        fd = os.open(job.tar_path, os.O_RDONLY)
+        # No tar when every entry says where its data is (Entry.fd).
+        fd = os.open(job.tar_path, os.O_RDONLY) if job.tar_path else -1
         self.raw_fd = os.open(job.raw_path, os.O_WRONLY)
         try:
             self._open()
@@ -175,7 +177,8 @@ class Populator:
             finally:
                 self._close()
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             os.close(self.raw_fd)
         job.report(1.0, "files written")
 
@@ -251,6 +254,8 @@ class Populator:
         from the tar at ``fd``; like mke2fs -d, all-zero chunks are skipped
         (they stay holes)."""
         src = e.offset
+        if e.fd >= 0:
+            fd = e.fd       # data read in place (a layer spool), no tar written
         for off, length in (e.sparse or ((0, e.size),)):
             done = 0
             while done < length:

@@ -49,6 +49,7 @@ class Entry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: tuple = ()     # ((name bytes, value bytes), ...) sorted by name
+    fd: int = -1           # regular files: the file holding the data, if not the tar
 
 
 @dataclasses.dataclass
@@ -165,9 +166,10 @@ class Scanner:
         self.implied = set()         # directories created because a child needed them
         self.stats.dir_bytes[b""] = 0
 
-    def add(self, m, offset=None):
+    def add(self, m, offset=None, fd=-1):
         """Record member ``m`` (a TarInfo); ``offset``: where its data
-        starts in the tar (default ``m.offset_data``)."""
+        starts in the tar (default ``m.offset_data``), or in the file ``fd``
+        when one is given (data read in place, no tar written)."""
         stats, kinds, implied = self.stats, self.kinds, self.implied
         kind = _TYPES.get(m.type)
         if kind is None:
@@ -194,6 +196,7 @@ class Scanner:
         if kind == REG:
             e.size = m.size
             e.offset = m.offset_data if offset is None else offset
+            e.fd = fd
             if m.sparse:
                 e.sparse = tuple((int(o), int(n)) for o, n in m.sparse)
                 blocks = sum((n + BLOCK - 1) // BLOCK + 1 for o, n in e.sparse if n)
