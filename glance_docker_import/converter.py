@@ -73,7 +73,8 @@ def signal_name(signum):
 class Child:
     """One conversion child. ``kill(reason)`` may be called from any thread."""
 
-    def __init__(self, job, workdir, settings, log_path):
+    def __init__(self, job, workdir, settings, log_path, on_start=None):
+        self.on_start = on_start
         self.job = dict(job, nice=settings.nice)
         self.workdir = workdir
         self.settings = settings
@@ -111,6 +112,8 @@ class Child:
                  self.job.get("image_id"), self.proc.pid, " ".join(self.settings.command()[3:-4]))
         doc = {}
         try:
+            if self.on_start is not None:
+                self.on_start(self.proc.pid)
             self.proc.stdin.write((json.dumps(self.job) + "\n").encode())
             self.proc.stdin.flush()
             for line in self.proc.stdout:

@@ -42,7 +42,16 @@ from taskflow.patterns import linear_flow as lf
 
 from docker_rootfs import errors
 from docker_rootfs.properties import DELIVERY
-from glance_docker_import import MARKER_KEY, MARKER_PROPERTY, METHOD_NAME, converter, opts, recovery, store_format, workdir
+from glance_docker_import import (
+    MARKER_KEY,
+    MARKER_PROPERTY,
+    METHOD_NAME,
+    converter,
+    opts,
+    recovery,
+    store_format,
+    workdir,
+)
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -272,7 +281,8 @@ class _DockerConvert(task.Task):
                                      if not k.startswith("os_glance")}})
         child = converter.Child(self._job(delivery), self.workdir.path,
                                 converter.Settings.from_conf(conf),
-                                self.workdir.file("converter.log"))
+                                self.workdir.file("converter.log"),
+                                on_start=lambda pid: self.workdir.update_meta({"child_pid": pid}))
         with Heartbeat(self.task_repo, self.task_id, self.action_wrapper,
                        conf.progress_interval, on_abort=child.kill) as hb:
             try:

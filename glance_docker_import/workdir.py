@@ -91,7 +91,7 @@ class WorkDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def remove_when_gone(self, path, poll=1.0):
+    def remove_when_gone(self, path, poll=0.2):
         """Keep the directory (and its lock) until ``path`` is deleted, then
         remove it: Glance uploads the file the plugin returns and deletes it
         afterwards, or reverts the plugin (which calls :meth:`remove`)."""

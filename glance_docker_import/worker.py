@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -158,6 +159,7 @@ class _NullWriter:
         return len(b)
 
 
+NO_SPACE = "no space left on device for the conversion's temporary files while %s"
 _MEMORY_SIGNS = ("cannot allocate memory", "memory allocation failed", "out of memory",
                  "can't start new thread", "failed to map segment")
 
@@ -176,15 +178,22 @@ def classify(exc, stage):
             "while %s (%s needed, %s)" % (stage, exc.value, exc.maximum)
     if isinstance(exc, errors.Docker2VMError):
         if "no space left" in text.lower():
-            return "nospace", text
+            return "nospace", NO_SPACE % stage
         return "input", text
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return "nospace", "no space left on device while %s" % stage
+            return "nospace", NO_SPACE % stage
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             return "files", "too many open files while %s" % stage
         return "io", "I/O error while %s: %s" % (stage, exc)
     return "internal", "internal error while %s: %s: %s" % (stage, type(exc).__name__, exc)
+
+
+def _full(directory, reserve=1 << 20):
+    try:
+        return shutil.disk_usage(directory).free < reserve
+    except OSError:
+        return False
 
 
 def main():
@@ -203,6 +212,10 @@ def main():
         result = convert(job, proto)
     except BaseException as exc:  # noqa: B902 - everything becomes one line
         kind, text = classify(exc, proto.stage)
+        if kind in ("input", "io", "internal") and _full(job["workdir"]):
+            # A tool or library reporting a failed write its own way while
+            # the temporary file system is full: say what happened.
+            kind, text = "nospace", NO_SPACE % proto.stage
         LOG.error("conversion of image %s failed (%s): %s (%s: %s)", job.get("image_id"), kind,
                   text, type(exc).__name__, exc, exc_info=kind in ("internal", "io", "memory"))
         proto.send({"error": text, "kind": kind})
