@@ -1,0 +1,286 @@
+"""glance-api latency while docker-convert imports run, against idle, in one run.
+
+    .venv/bin/python -m bench.glance_load_bench [--conversions 4] [--gets 300]
+        [--uploads 40] [--archive PATH] [--json out.json] [--plot out.png]
+
+One real glance-api (devcloud/glance_dev.py: gunicorn gthread, 1 worker,
+8 threads, file store, the docker_convert plugin at its defaults: the
+conversion runs in a child process under the [docker_convert] child_*
+limits, niced by child_nice=10) on a private MariaDB (Glance on sqlite
+fails concurrent writes). Two phases with the same client load:
+
+* ``idle``: nothing else runs in glance-api;
+* ``load``: ``--conversions`` docker-convert imports (docker_delivery=disk)
+  of the ~1.1 GB archive of bench/flatten_bench.py (``bench2-1000-many``:
+  two layers, ~100 000 small files) were started just before and are all
+  converting (each was staged first, before the phase).
+
+The client, one thread, alternates ``GET /v2/images`` and, every
+``gets/uploads`` requests, a small glance-direct upload (create image,
+``PUT /stage`` 1 MiB, ``POST /import`` glance-direct: the three calls
+timed together), with 20 ms between requests. Reported: p50/p99/max of each, and
+whether all conversions were still running at the end of the load phase
+(the load phase only counts if they were). Machine: shared, 2 cores;
+other work on it shows up as noise in both phases.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if TOP not in sys.path:
+    sys.path.insert(0, TOP)
+
+MiB = 1024 * 1024
+
+
+def log(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def mariadb():
+    """A private MariaDB on a unix socket; yields a database URL."""
+    d = tempfile.mkdtemp(prefix="d2v-bench-db-", dir="/tmp")
+    sock = os.path.join(d, "sock")
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={d}/data",
+                    "--auth-root-authentication-method=normal", "--skip-test-db",
+                    "--user=root"], check=True, capture_output=True)
+    proc = subprocess.Popen(["mariadbd", "--no-defaults", f"--datadir={d}/data",
+                             f"--socket={sock}", "--skip-networking", "--user=root",
+                             f"--log-error={d}/err.log"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mariadbd did not start")
+            time.sleep(0.1)
+        subprocess.run(["mariadb", "--no-defaults", "-S", sock, "-u", "root", "-e",
+                        "CREATE DATABASE glance CHARACTER SET utf8mb4"], check=True)
+        yield f"mysql+pymysql://root@localhost/glance?unix_socket={sock}&charset=utf8mb4"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Client:
+    def __init__(self, url, token="demo"):
+        self.url = url
+        self.token = token
+
+    def request(self, method, path, body=None, raw=None, timeout=600):
+        headers = {"X-Auth-Token": self.token}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if raw is not None:
+            data = raw
+            headers["Content-Type"] = "application/octet-stream"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                text = r.read()
+                return r.status, (json.loads(text) if text.strip() else None)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def stage_file(self, image_id, path):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            req = urllib.request.Request(
+                f"{self.url}/v2/images/{image_id}/stage", data=f, method="PUT",
+                headers={"X-Auth-Token": self.token, "Content-Type": "application/octet-stream",
+                         "Content-Length": str(size)})
+            with urllib.request.urlopen(req, timeout=3600) as r:
+                assert r.status == 204, r.status
+
+    def image(self, image_id):
+        status, body = self.request("GET", f"/v2/images/{image_id}")
+        assert status == 200, body
+        return body
+
+
+def small_upload(client, payload):
+    t = time.perf_counter()
+    status, img = client.request("POST", "/v2/images", {
+        "name": "small", "container_format": "bare", "disk_format": "raw"})
+    assert status == 201, img
+    status, body = client.request("PUT", f"/v2/images/{img['id']}/stage", raw=payload)
+    assert status == 204, body
+    status, body = client.request("POST", f"/v2/images/{img['id']}/import",
+                                  {"method": {"name": "glance-direct"}})
+    assert status == 202, body
+    return time.perf_counter() - t, img["id"]
+
+
+def measure(client, gets, uploads, pause=0.02):
+    payload = os.urandom(MiB)
+    every = max(1, gets // max(1, uploads))
+    get_lat, up_lat, ids = [], [], []
+    for i in range(gets):
+        t = time.perf_counter()
+        status, body = client.request("GET", "/v2/images")
+        get_lat.append(time.perf_counter() - t)
+        assert status == 200, body
+        time.sleep(pause)
+        if i % every == every - 1 and len(up_lat) < uploads:
+            dt, image_id = small_upload(client, payload)
+            up_lat.append(dt)
+            ids.append(image_id)
+            time.sleep(pause)
+    return get_lat, up_lat, ids
+
+
+def pct(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summary(values):
+    return {"n": len(values), "p50_ms": pct(values, 50) * 1000, "p99_ms": pct(values, 99) * 1000,
+            "max_ms": max(values) * 1000, "mean_ms": statistics.mean(values) * 1000}
+
+
+def default_archive():
+    from bench import flatten_bench
+    return flatten_bench.build_image(1000, "many")[0]
+
+
+def run(args):
+    from devcloud.glance_dev import DevServer
+    archive = args.archive or default_archive()
+    log(f"archive {archive} ({os.path.getsize(archive) / 1e9:.2f} GB)")
+    work = tempfile.mkdtemp(prefix="d2v-load-bench-", dir=args.dir)
+    result = {"archive": archive, "archive_bytes": os.path.getsize(archive),
+              "conversions": args.conversions, "gets": args.gets, "uploads": args.uploads}
+    try:
+        with mariadb() as db:
+            srv = DevServer(os.path.join(work, "glance"), database=db, threads=8,
+                            convert_opts={"progress_interval": 5})
+            with srv:
+                client = Client(srv.url)
+                client.request("GET", "/v2/images")
+                log("idle phase")
+                g, u, _ = measure(client, args.gets, args.uploads)
+                result["idle"] = {"get": summary(g), "upload": summary(u)}
+                result["idle_raw"] = {"get": g, "upload": u}
+                ids = []
+                for i in range(args.conversions):
+                    status, img = client.request("POST", "/v2/images", {
+                        "name": f"big-{i}", "container_format": "docker", "disk_format": "raw",
+                        "docker_delivery": "disk"})
+                    assert status == 201, img
+                    log(f"staging {i + 1}/{args.conversions}")
+                    client.stage_file(img["id"], archive)
+                    ids.append(img["id"])
+                started = time.monotonic()
+                for image_id in ids:
+                    status, body = client.request("POST", f"/v2/images/{image_id}/import",
+                                                  {"method": {"name": "docker-convert"}})
+                    assert status == 202, body
+                # Wait until every conversion child runs.
+                while sum(1 for n in os.listdir(srv.staging_dir) if n.startswith("docker2vm-")) \
+                        < len(ids):
+                    time.sleep(0.2)
+                log("load phase")
+                g, u, _ = measure(client, args.gets, args.uploads)
+                statuses = [client.image(i)["status"] for i in ids]
+                result["load"] = {"get": summary(g), "upload": summary(u)}
+                result["load_raw"] = {"get": g, "upload": u}
+                result["all_converting_at_end"] = all(s == "importing" for s in statuses)
+                result["statuses_at_end_of_load_phase"] = statuses
+                log("waiting for the conversions", statuses)
+                done = {}
+                while len(done) < len(ids):
+                    for image_id in ids:
+                        if image_id not in done:
+                            img = client.image(image_id)
+                            if img["status"] in ("active", "queued") and \
+                                    "os_glance_import_task" not in img:
+                                done[image_id] = (img["status"], time.monotonic() - started)
+                    time.sleep(1)
+                result["conversions_result"] = list(done.values())
+                log("conversions:", done)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def print_table(r):
+    print("| call | phase | n | p50 ms | p99 ms | max ms | p99 load/idle |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for call, name in (("get", "GET /v2/images"), ("upload", "glance-direct 1 MiB (3 calls)")):
+        for phase in ("idle", "load"):
+            s = r[phase][call]
+            ratio = r["load"][call]["p99_ms"] / r["idle"][call]["p99_ms"]
+            print(f"| {name} | {phase} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                  f"{s['max_ms']:.1f} | {ratio:.2f} |" if phase == "load" else
+                  f"| {name} | {phase} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                  f"{s['max_ms']:.1f} | |")
+    print()
+    print(f"conversions: {r['conversions']} x {r['archive_bytes'] / 1e9:.2f} GB; all still "
+          f"converting at the end of the load phase: {r['all_converting_at_end']}; "
+          f"finished: " + ", ".join(f"{s} after {t:.0f} s" for s, t in r["conversions_result"]))
+
+
+def plot(r, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (call, title) in zip(axes, (("get", "GET /v2/images"),
+                                        ("upload", "glance-direct upload, 1 MiB (3 calls)"))):
+        for phase, style in (("idle", "-"), ("load", "--")):
+            v = sorted(x * 1000 for x in r[f"{phase}_raw"][call])
+            ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], style,
+                    label=f"{phase} (p99 {r[phase][call]['p99_ms']:.0f} ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"glance-api idle vs {r['conversions']} docker-convert conversions "
+                 f"of {r['archive_bytes'] / 1e9:.1f} GB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--conversions", type=int, default=4)
+    p.add_argument("--gets", type=int, default=300)
+    p.add_argument("--uploads", type=int, default=40)
+    p.add_argument("--archive")
+    p.add_argument("--dir", default=None, help="parent of the scratch directory")
+    p.add_argument("--json")
+    p.add_argument("--plot")
+    args = p.parse_args(argv)
+    r = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    print_table(r)
+    if args.plot:
+        plot(r, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
