@@ -301,6 +301,7 @@ def main(argv=None):
     from devcloud.libvirtd import Libvirtd
     lv = Libvirtd()
     raw, results = {}, {}
+    workdir = tempfile.mkdtemp(prefix="run-", dir=CACHE)
     try:
         ceph_up = bench.up()
         from nova_spawn_bench import make_rootfs
@@ -316,7 +317,6 @@ def main(argv=None):
             os.replace(raw_path + ".tmp", raw_path)
         vsize = os.path.getsize(raw_path)
         root_gb = -(-vsize // GiB) + 1            # a flavor disk larger than the image
-        workdir = tempfile.mkdtemp(prefix="run-", dir=CACHE)
         lv.start()
         for mode in modes:
             t0 = time.monotonic()
@@ -327,10 +327,10 @@ def main(argv=None):
             raw[mode] = rows
             results[mode] = summarize(rows, base_bytes, counts,
                                       mode in ("rbd import (qcow2 image)", "local copy"))
-        shutil.rmtree(workdir, ignore_errors=True)
     finally:
         lv.stop()
         bench.down()
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps({"ceph_up_s": ceph_up, "results": results, "raw": raw}, indent=1))
     else:
