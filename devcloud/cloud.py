@@ -256,6 +256,11 @@ class Cloud:
     def up(self):
         t0 = self.t0 = time.monotonic()
         self.check_prerequisites()
+        if self.ceph:
+            try:
+                self.ceph.check_prerequisites()
+            except RuntimeError as exc:
+                raise CloudError(str(exc)) from None
         for d in ("log", "pids", "stamps", "etc"):
             os.makedirs(self.path(d), exist_ok=True)
         self.prepare_base_vm()

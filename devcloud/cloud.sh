@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The development cloud, one command: bash devcloud/cloud.sh up|down|env|status|destroy
 # Installs what is missing first (bindep profile "cloud" through
-# tools/setup-env.sh, and profile "ceph" with DEVCLOUD_CEPH=1 or --ceph, then devcloud/requirements.txt into .venv), then runs
-# python -m devcloud. See doc/source/cloud.md.
+# tools/setup-env.sh, and profile "ceph" with DEVCLOUD_CEPH=1 or --ceph, then
+# devcloud/requirements.txt into .venv), then runs python -m devcloud.
+# See doc/source/cloud.md (and doc/source/ceph.md).
 set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DOCKER2VM_VENV:-$TOP/.venv}
