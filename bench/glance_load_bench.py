@@ -10,6 +10,8 @@ limits, niced by child_nice=10) on a private MariaDB (Glance on sqlite
 fails concurrent writes). Two phases with the same client load:
 
 * ``idle``: nothing else runs in glance-api;
+* ``idle, after``: idle again once the conversions are done, to show
+  how much the host's background moved during the run;
 * ``load``: ``--conversions`` docker-convert imports (docker_delivery=disk)
   of the ~1.1 GB archive of bench/flatten_bench.py (``bench2-1000-many``:
   two layers, ~100 000 small files) were started just before and are all
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -218,26 +221,34 @@ def run(args):
                     time.sleep(1)
                 result["conversions_result"] = list(done.values())
                 log("conversions:", done)
+                # Idle again: the machine's background (other work on a shared
+                # host) as it is at the end of the run.
+                log("idle phase again")
+                g, u, _ = measure(client, args.gets, args.uploads)
+                result["idle_after"] = {"get": summary(g), "upload": summary(u)}
+                result["idle_after_raw"] = {"get": g, "upload": u}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
 
 
 def print_table(r):
-    print("| call | phase | n | p50 ms | p99 ms | max ms | p99 load/idle |")
+    print("| call | phase | n | p50 ms | p99 ms | max ms | p99 / idle p99 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for call, name in (("get", "GET /v2/images"), ("upload", "glance-direct 1 MiB (3 calls)")):
-        for phase in ("idle", "load"):
+        for phase in PHASES:
             s = r[phase][call]
-            ratio = r["load"][call]["p99_ms"] / r["idle"][call]["p99_ms"]
-            print(f"| {name} | {phase} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
-                  f"{s['max_ms']:.1f} | {ratio:.2f} |" if phase == "load" else
-                  f"| {name} | {phase} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
-                  f"{s['max_ms']:.1f} | |")
+            ratio = s["p99_ms"] / r["idle"][call]["p99_ms"]
+            print(f"| {name} | {PHASE_NAMES[phase]} | {s['n']} | {s['p50_ms']:.1f} | "
+                  f"{s['p99_ms']:.1f} | {s['max_ms']:.1f} | {ratio:.2f} |")
     print()
     print(f"conversions: {r['conversions']} x {r['archive_bytes'] / 1e9:.2f} GB; all still "
           f"converting at the end of the load phase: {r['all_converting_at_end']}; "
           f"finished: " + ", ".join(f"{s} after {t:.0f} s" for s, t in r["conversions_result"]))
+
+
+PHASES = ("idle", "load", "idle_after")
+PHASE_NAMES = {"idle": "idle", "load": "converting", "idle_after": "idle, after"}
 
 
 def plot(r, path):
@@ -247,10 +258,10 @@ def plot(r, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (call, title) in zip(axes, (("get", "GET /v2/images"),
                                         ("upload", "glance-direct upload, 1 MiB (3 calls)"))):
-        for phase, style in (("idle", "-"), ("load", "--")):
+        for phase, style in (("idle", "-"), ("load", "--"), ("idle_after", ":")):
             v = sorted(x * 1000 for x in r[f"{phase}_raw"][call])
             ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], style,
-                    label=f"{phase} (p99 {r[phase][call]['p99_ms']:.0f} ms)")
+                    label=f"{PHASE_NAMES[phase]} (p99 {r[phase][call]['p99_ms']:.0f} ms)")
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("fraction of requests")
@@ -263,6 +274,10 @@ def plot(r, path):
 
 
 def main(argv=None):
+    # SIGTERM (and a background job's ignored SIGINT) must still stop
+    # glance-api and MariaDB: unwind through the context managers.
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--conversions", type=int, default=4)
     p.add_argument("--gets", type=int, default=300)
