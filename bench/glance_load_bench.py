@@ -227,6 +227,9 @@ def run(args):
                 g, u, _ = measure(client, args.gets, args.uploads)
                 result["idle_after"] = {"get": summary(g), "upload": summary(u)}
                 result["idle_after_raw"] = {"get": g, "upload": u}
+                with open(srv.log_file, errors="replace") as f:
+                    result["child_stats"] = [ln.split("docker-convert: ", 1)[1].strip()
+                                             for ln in f if "conversion child" in ln and " done," in ln]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -245,6 +248,8 @@ def print_table(r):
     print(f"conversions: {r['conversions']} x {r['archive_bytes'] / 1e9:.2f} GB; all still "
           f"converting at the end of the load phase: {r['all_converting_at_end']}; "
           f"finished: " + ", ".join(f"{s} after {t:.0f} s" for s, t in r["conversions_result"]))
+    for line in r.get("child_stats", []):
+        print("  " + line)
 
 
 PHASES = ("idle", "load", "idle_after")

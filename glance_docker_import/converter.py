@@ -162,6 +162,8 @@ class Child:
             raise ConversionFailed("conversion killed by signal %d (%s)"
                                    % (sig, signal_name(sig)), "signal")
         if "result" in doc:
+            LOG.info("docker-convert: image %s: conversion child %d done, %.1f s CPU, %s",
+                     self.job.get("image_id"), self.proc.pid, cpu, doc.get("peaks", ""))
             return doc["result"]
         if "error" in doc:
             kind, text = doc.get("kind", "internal"), doc["error"]

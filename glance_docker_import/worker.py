@@ -220,8 +220,24 @@ def main():
                   text, type(exc).__name__, exc, exc_info=kind in ("internal", "io", "memory"))
         proto.send({"error": text, "kind": kind})
         return 3
-    proto.send({"result": result})
+    LOG.info("conversion of image %s done; %s", job.get("image_id"), _peaks())
+    proto.send({"result": result, "peaks": _peaks()})
     return 0
+
+
+def _peaks():
+    """Peak memory of this process, to size child_address_space_mib."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmPeak", "VmHWM"):
+                    out[key] = value.strip()
+    except OSError:
+        pass
+    return "peak address space (VmPeak) %s, peak resident (VmHWM) %s" % (
+        out.get("VmPeak", "?"), out.get("VmHWM", "?"))
 
 
 if __name__ == "__main__":
