@@ -247,11 +247,15 @@ def test_heartbeat_stops_on_cancelled_task():
     tasks = FakeTaskRepo("t-2")
     image = types.SimpleNamespace(image_id="i", extra_properties={"os_glance_import_task": "t-2"})
     wrapper = ImportActionWrapper(FakeImageRepo(image), "i", "t-2")
-    with plugin.Heartbeat(tasks, "t-2", wrapper, interval=0.05) as hb:
+    killed = []
+    with plugin.Heartbeat(tasks, "t-2", wrapper, interval=0.05, on_abort=killed.append) as hb:
         tasks.task.status = "failure"
         time.sleep(0.2)
         with pytest.raises(plugin.ConversionAborted, match="failure"):
             hb.check()
+    # The heartbeat itself kills the conversion child (Child.kill), also
+    # when the child sends no progress.
+    assert killed and killed[0] == "import task is failure"
     assert not any(t.name.startswith("docker-convert-t-2") for t in threading.enumerate())
 
 
