@@ -23,6 +23,7 @@ Memory is bounded by the number of entries, not by their size.
 import io
 import logging
 import os
+import struct
 import tarfile
 
 from docker_rootfs import errors
@@ -288,14 +289,17 @@ def _hardlink(path, primary, node):
 class TarWriter:
     """Writes a PAX tar, byte for byte what ``tarfile`` writes in
     ``PAX_FORMAT`` (utf-8, surrogateescape), with a fast path for the common
-    member that fits a plain ustar header, and small members written in one
-    call. ``notify(tarinfo, data_offset)``, if given, is called after each
-    member."""
+    member that fits a plain ustar header, and small members gathered into
+    megabyte writes (``fileobj`` may then be their bytes). ``notify(tarinfo,
+    data_offset)``, if given, is called after each member (the bytes may not
+    be written yet: all are once :meth:`close` returns)."""
 
     def __init__(self, out, notify=None):
         self._out = out
         self._notify = notify
         self.offset = 0
+        self._pending = []          # small members' bytes not written yet
+        self._pending_bytes = 0
         self._out_fd = None
         if isinstance(out, (io.BufferedWriter, io.FileIO)):
             try:
@@ -309,11 +313,21 @@ class TarWriter:
         pad = -size % tarfile.BLOCKSIZE
         data_offset = self.offset + len(header)
         if size <= SMALL_MEMBER:
-            data = fileobj.read(size) if size else b""
-            if len(data) != size:
-                raise errors.ArchiveError(f"{ti.name}: file data ended early")
-            self._out.write(header + data + bytes(pad))
+            # Small members are gathered and written a megabyte at a time.
+            put = self._pending.append
+            put(header)
+            if size:
+                data = fileobj if isinstance(fileobj, bytes) else fileobj.read(size)
+                if len(data) != size:
+                    raise errors.ArchiveError(f"{ti.name}: file data ended early")
+                put(data)
+                if pad:
+                    put(_ZEROS[:pad])
+            self._pending_bytes += len(header) + size + pad
+            if self._pending_bytes >= COPY_CHUNK:
+                self._flush()
         else:
+            self._flush()
             self._out.write(header)
             left = size - self._send(ti.name, fileobj, size)
             while left:
@@ -323,7 +337,7 @@ class TarWriter:
                 self._out.write(data)
                 left -= len(data)
             if pad:
-                self._out.write(bytes(pad))
+                self._out.write(_ZEROS[:pad])
         self.offset = data_offset + size + pad
         if self._notify is not None:
             self._notify(ti, data_offset)
@@ -352,8 +366,15 @@ class TarWriter:
         fileobj.skip(size)
         return done
 
+    def _flush(self):
+        if self._pending:
+            self._out.write(b"".join(self._pending))
+            self._pending = []
+            self._pending_bytes = 0
+
     def close(self):
         """End-of-archive blocks, padded to tarfile's record size."""
+        self._flush()
         end = self.offset + 2 * tarfile.BLOCKSIZE
         self._out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
 
@@ -397,6 +418,7 @@ class RefWriter:
 
 
 SMALL_MEMBER = 64 * 1024
+_ZEROS = bytes(tarfile.BLOCKSIZE)
 _USTAR_TYPES = {tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
                 tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE}
 
@@ -425,13 +447,15 @@ def _ustar_header(ti):
         dev = b"%07o\0%07o\0" % (ti.devmajor, ti.devminor)
     else:
         dev = bytes(16)
-    buf = bytearray(b"".join((
-        bname.ljust(100, b"\0"), b"%07o\0" % (ti.mode & 0o7777), b"%07o\0" % ti.uid,
-        b"%07o\0" % ti.gid, b"%011o\0" % size, b"%011o\0" % ti.mtime, b"        ",
-        ti.type, blink.ljust(100, b"\0"), tarfile.POSIX_MAGIC, buname.ljust(32, b"\0"),
-        bgname.ljust(32, b"\0"), dev)).ljust(tarfile.BLOCKSIZE, b"\0"))
-    buf[148:155] = b"%06o\0" % sum(buf)
-    return bytes(buf)
+    buf = _USTAR.pack(bname, b"%07o\0" % (ti.mode & 0o7777), b"%07o\0" % ti.uid,
+                      b"%07o\0" % ti.gid, b"%011o\0" % size, b"%011o\0" % ti.mtime, b"        ",
+                      ti.type, blink, tarfile.POSIX_MAGIC, buname, bgname, dev)
+    return b"%s%06o\0%s" % (buf[:148], sum(buf), buf[155:])
+
+
+# name mode uid gid size mtime chksum type linkname magic+version uname gname
+# devmajor+devminor, NUL padded (as ljust) to the block.
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s16s167x")
 
 
 class SparseReader:
@@ -475,6 +499,25 @@ class SparseReader:
             if n > 0:
                 n -= take
         return b"".join(parts)
+
+
+class _SmallReads:
+    """Small files' data of one layer, asked for in offset order, read a
+    megabyte of the layer at a time instead of one read per file."""
+
+    def __init__(self, read_at):
+        self._read_at = read_at
+        self._start = 0
+        self._buf = b""
+
+    def read(self, offset, size):
+        start = offset - self._start
+        if start < 0 or start + size > len(self._buf):
+            self._buf = self._read_at(offset, max(size, COPY_CHUNK)).read()
+            self._start, start = offset, 0
+            if len(self._buf) < size:
+                raise errors.ArchiveError("file data ended early")
+        return self._buf[start:start + size]
 
 
 class ByteBudget:
@@ -566,10 +609,15 @@ class Flattener:
             layer = self.layers[i]
             self.progress(0.5 + i / n / 2, f"copying files of layer {i + 1}/{n}")
             with (layer.content(keep=True) if refs else layer.content()) as read_at:
+                small = None if refs else _SmallReads(read_at)
                 for offset in sorted(wanted):
                     path, node, sparse = wanted[offset]
-                    data = (SparseReader(read_at(offset, sum(n for _, n in sparse)), sparse, node.size)
-                            if sparse else read_at(offset, node.size))
+                    if sparse:
+                        data = SparseReader(read_at(offset, sum(n for _, n in sparse)), sparse, node.size)
+                    elif small is not None and node.size <= SMALL_MEMBER:
+                        data = small.read(offset, node.size)
+                    else:
+                        data = read_at(offset, node.size)
                     tf.addfile(_tarinfo(path, node), data)
                     for link in later[id(node)]:
                         tf.addfile(_hardlink(link, path, node))
