@@ -65,9 +65,10 @@ def parse_output(text):
     return result
 
 
-def run_target(target, seconds, workdir, runs=None, extra=(), log=print):
-    """One fuzzing process for ``target``; returns a result dict."""
-    seeds_dir = os.path.join(ensure_seeds(workdir, log), target)
+def run_target(target, seconds, workdir, runs=None, extra=(), log=print, seeds_dir=None, env=None):
+    """One fuzzing process for ``target``; returns a result dict. ``env``:
+    extra environment (DOCKER2VM_FUZZ_PLANT for the smoke test)."""
+    seeds_dir = seeds_dir or os.path.join(ensure_seeds(workdir, log), target)
     corpus = os.path.join(workdir, "corpus", target)
     crashes = os.path.join(workdir, "crashes", target)
     os.makedirs(corpus, exist_ok=True)
@@ -78,7 +79,7 @@ def run_target(target, seconds, workdir, runs=None, extra=(), log=print):
              f"-artifact_prefix={crashes}/", "-print_final_stats=1", "-reload=0"]
     flags.append(f"-runs={runs}" if runs is not None else f"-max_total_time={int(seconds)}")
     cmd = [sys.executable, "-m", "fuzz.engine", target, corpus, seeds_dir] + flags + list(extra)
-    env = dict(os.environ, DOCKER2VM_FUZZ_TMP=scratch,
+    env = dict(os.environ, **(env or {}), DOCKER2VM_FUZZ_TMP=scratch,
                PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.monotonic()
     cpu0 = os.times()

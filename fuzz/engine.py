@@ -21,12 +21,13 @@ ADDRESS_SPACE = 3 * 1024 ** 3     # RLIMIT_AS (bytes): a memory blow-up is a Mem
 def main(argv):
     target_name = argv[1]
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-    with atheris.instrument_imports(include=["docker_rootfs", "tarfile", "json", "gzip"]):
+    # fuzz.targets too: the planted bugs of the smoke test live there.
+    with atheris.instrument_imports(include=["docker_rootfs", "tarfile", "json", "gzip", "fuzz.targets"]):
         import tarfile  # noqa: F401  (instrumented when first imported here)
 
         from docker_rootfs import archive, flatten, properties  # noqa: F401
         from docker_rootfs.disk import sizing, tarscan  # noqa: F401
-    from fuzz import targets
+        from fuzz import targets
 
     targets.configure()
     if os.environ.get("DOCKER2VM_FUZZ_PLANT"):
