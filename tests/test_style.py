@@ -36,7 +36,7 @@ def test_shellcheck():
 
 
 PRODUCT = ("docker_rootfs", "glance_docker_import", "nova_image_handler", "nova/virt/docker2vm")
-DEV_ONLY = ("tests", "devcloud", "bench")
+DEV_ONLY = ("tests", "devcloud", "bench", "fuzz")
 
 
 def test_product_code_imports_no_dev_code():
