@@ -34,6 +34,7 @@ USER_FACING = {
     "Ext2Error": "docker2vm command; Glance task message",
     "ContractError": "docker2vm command (run, config-drive); Nova fault (server metadata)",
     "ConversionAborted": "Glance task message",
+    "ConversionFailed": "Glance task message (after docker-convert: )",
     "UploadException": "Glance task message",
     "ImageError": "Nova instance fault",
     "HostError": "Nova instance fault",
@@ -65,14 +66,15 @@ def _template(node):
             return _template(node.left) + _template(node.right)
         if isinstance(node.op, ast.Mod):  # "..." % args
             return _template(node.left)
-    if isinstance(node, ast.Call):
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp)):
         # self._message("docker-convert: ...") and the like
-        if node.args:
-            return _template(node.args[0])
+        return _template(node.args[0])
     return "{" + ast.unparse(node) + "}"
 
 
 def _message(cls, call):
+    if cls in ("Ext2Error", "NoSpace"):
+        return "libext2fs: {what}: {the library's message for code}", None
     if cls == "LimitExceeded":
         args = [_template(a) for a in call.args]
         name = args[0] if args else "?"
