@@ -19,6 +19,7 @@ Each target gets seeds of its own input format (see fuzz/targets.py).
 """
 
 import bz2
+import glob
 import gzip
 import hashlib
 import io
@@ -196,16 +197,64 @@ def _layers_of(archive_bytes):
     return out
 
 
+def layout_seed(archive_bytes):
+    """The ``layout`` target's form of a (shrunk) archive: its index.json or
+    manifest.json, then its JSON blobs with every digest written as a
+    placeholder (see fuzz/targets.py resolve_documents); None if it has
+    no such head."""
+    _, plain = _decompress(archive_bytes)
+    members = {m.name.lstrip("./"): d for m, d in read_members(plain) if d is not None}
+    head_name = "manifest.json" if "manifest.json" in members else "index.json"
+    if head_name not in members:
+        return None
+    docs, layers = {}, {}
+    for name, data in members.items():
+        if name in (head_name, "oci-layout", "repositories") or name.endswith(("/json", "/VERSION")):
+            continue
+        if data[:1] in (b"{", b"[") and len(data) <= BIG:
+            if _BLOB_NAME.match(name):
+                docs[_hex(data)] = data
+        else:
+            layers[name] = data
+    subst = {}
+    for name, data in layers.items():
+        subst[_hex(data)] = b"@L"
+        try:
+            subst[_hex(_decompress(data)[1])] = b"@D"
+        except Exception:
+            pass
+    order, left = [], dict(docs)
+    while left:
+        free = [h for h in left if not any(h.encode() in d for o, d in left.items() if o != h)]
+        free = free or sorted(left)[:1]
+        for h in sorted(free):
+            order.append(h)
+            del left[h]
+    for i, h in enumerate(order):
+        subst[h] = b"@%d" % i
+
+    def rewrite(doc):
+        for name in layers:
+            if not _BLOB_NAME.match(name):
+                doc = doc.replace(name.encode(), b"blobs/sha256/@L")
+        return _HEX.sub(lambda x: subst.get(x.group().decode(), x.group()), doc)
+    return targets.JSON_SEP.join([rewrite(members[head_name])] + [rewrite(docs[h]) for h in order])
+
+
 def real_archives(log=print):
     """Paths of the real-tool archives (fixtures built if needed)."""
     from tests.fixtures import build_corpus, build_fixtures
     top, index = build_fixtures.ensure_fixtures(log=log)
     paths = [os.path.join(top, fx["archive"]) for fx in index["fixtures"].values()]
-    producers = os.path.join(build_fixtures.cache_root(),
-                             f"corpus-producers-{build_corpus.cache_key()}")
-    if os.path.isdir(os.path.join(producers, "archives")):
-        paths += sorted(os.path.join(producers, "archives", n)
-                        for n in os.listdir(os.path.join(producers, "archives")))
+    # The producer corpus of the current build_corpus.py, else the newest
+    # one built (real-tool archives all the same): never built here.
+    built = sorted(glob.glob(os.path.join(build_fixtures.cache_root(), "corpus-producers-*", "archives")),
+                   key=os.path.getmtime)
+    current = os.path.join(build_fixtures.cache_root(), f"corpus-producers-{build_corpus.cache_key()}",
+                           "archives")
+    producers = current if os.path.isdir(current) else (built[-1] if built else None)
+    if producers:
+        paths += sorted(os.path.join(producers, n) for n in os.listdir(producers))
     return sorted(p for p in paths if os.path.isfile(p))
 
 
@@ -240,6 +289,9 @@ def build(outdir, log=print, archives=None):
                 continue
             for t in ("archive", "archive-unverified"):
                 put(t, "real-" + name, small)
+            layout = layout_seed(small)
+            if layout:
+                put("layout", "real-" + name, layout)
             layers = _layers_of(small)
             if layers:
                 put("layers", "real-" + name, targets.join_layers(layers, docker_save=False))
@@ -255,6 +307,9 @@ def build(outdir, log=print, archives=None):
             put("layers", "hostile-gz-" + case,
                 targets.join_layers([("gzip", t) for t in tars], docker_save=True))
             arch = targets.build_archive([("none", t) for t in tars])
+            put("layout", "hostile-" + case, layout_seed(arch))
+            put("layout", "hostile-ds-" + case,
+                layout_seed(targets.build_archive([("gzip", t) for t in tars], docker_save=True)))
             put("archive", "hostile-" + case, arch)
             put("archive-unverified", "hostile-" + case, arch)
             for i, t in enumerate(tars):

@@ -21,6 +21,12 @@ runs into every limit:
     wraps them in a valid archive (OCI or docker-save, each layer stored
     plain, gzip or zstd as its first byte says, every digest right), so
     mutations of the tars reach the flattener and the content pass.
+``layout``
+    the bytes are JSON documents joined by :data:`JSON_SEP`: the first is
+    ``index.json`` (or a docker-save ``manifest.json`` when it is a list),
+    the others blobs (image indexes, manifests, configs) whose digests and
+    sizes the harness fills in (``@N`` placeholders), with one small fixed
+    layer: mutations reach the layout, manifest and config parsers.
 ``tarscan``
     the bytes are the disk builder's input tar: ``tarscan.scan`` then
     ``sizing.compute`` of its statistics.
@@ -41,6 +47,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -331,6 +338,77 @@ def target_layers(data, sandbox):
     convert(sandbox.write_input(build_archive(layers, docker_save)), sandbox)
 
 
+# -- layouts, manifests and configs ------------------------------------------------
+
+JSON_SEP = b"\n\0docker2vm-fuzz-json\0\n"
+FIXED_LAYER = _tar([("etc/hostname", b"fuzz\n"), ("bin/sh", b"#!/bin/true\n")])
+_PLACEHOLDER = re.compile(rb"@([0-9LD])")
+
+
+def _walk_sizes(doc, sizes):
+    if isinstance(doc, dict):
+        d = doc.get("digest")
+        if isinstance(d, str) and d.startswith("sha256:") and d[7:] in sizes and "size" in doc:
+            doc["size"] = sizes[d[7:]]
+        for v in doc.values():
+            _walk_sizes(v, sizes)
+    elif isinstance(doc, list):
+        for v in doc:
+            _walk_sizes(v, sizes)
+
+
+def resolve_documents(data):
+    """Fuzz bytes -> (head document, [blob documents]) with placeholders
+    resolved: ``@N`` is the sha256 hex of blob N (a blob refers to later
+    blobs only), ``@L`` of :data:`FIXED_LAYER`, ``@D`` its diff_id (the
+    same: it is stored plain); in a document that parses, every
+    descriptor's ``size`` is set to the size of the blob it names."""
+    docs = data.split(JSON_SEP)[:10]
+    head, blobs = docs[0], docs[1:]
+    layer_hex = hashlib.sha256(FIXED_LAYER).hexdigest()
+    sizes = {layer_hex: len(FIXED_LAYER)}
+    done = [None] * len(blobs)
+
+    def subst(doc, first):
+        def one(m):
+            key = m.group(1)
+            if key in (b"L", b"D"):
+                return layer_hex.encode()
+            n = int(key)
+            if first <= n < len(done) and done[n] is not None:
+                return hashlib.sha256(done[n]).hexdigest().encode()
+            return m.group(0)
+        doc = _PLACEHOLDER.sub(one, doc)
+        try:
+            parsed = json.loads(doc)
+        except (ValueError, RecursionError):
+            return doc
+        _walk_sizes(parsed, sizes)
+        return json.dumps(parsed, separators=(",", ":")).encode()
+
+    for i in reversed(range(len(blobs))):
+        done[i] = subst(blobs[i], i + 1)
+        sizes[hashlib.sha256(done[i]).hexdigest()] = len(done[i])
+    return subst(head, 0), done
+
+
+def build_layout(data):
+    head, blobs = resolve_documents(data)
+    files = [("blobs/sha256/" + hashlib.sha256(FIXED_LAYER).hexdigest(), FIXED_LAYER)]
+    for blob in blobs:
+        hexd = hashlib.sha256(blob).hexdigest()
+        files += [("blobs/sha256/" + hexd, blob), (hexd + ".json", blob)]
+    if head.lstrip()[:1] == b"[":
+        files.append(("manifest.json", head))
+    else:
+        files += [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", head)]
+    return _tar(files)
+
+
+def target_layout(data, sandbox):
+    convert(sandbox.write_input(build_layout(data)), sandbox)
+
+
 # -- the disk builder's input scan ----------------------------------------------------
 
 def target_tarscan(data, sandbox):
@@ -379,5 +457,6 @@ TARGETS = {
     "archive": target_archive,
     "archive-unverified": target_archive_unverified,
     "layers": target_layers,
+    "layout": target_layout,
     "tarscan": target_tarscan,
 }
