@@ -7,6 +7,7 @@
 # raise statements (_exts/errorcatalog.py), so neither is copied by hand.
 
 import os
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,17 +36,24 @@ myst_heading_anchors = 3
 
 graphviz_output_format = "svg"
 
-# The OpenStack theme when installed (doc/requirements.txt), else a stock one.
+# The OpenStack theme when installed (doc/requirements.txt) and the tree is a
+# git checkout (the theme reads the commit and warns without one, which -W
+# turns into an error), else Sphinx's stock theme.
 try:
     import openstackdocstheme  # noqa: F401
-except ImportError:
+    subprocess.run(["git", "rev-parse", "HEAD"], cwd=TOP, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+except (ImportError, OSError, subprocess.CalledProcessError):
     html_theme = "alabaster"
 else:
     extensions.append("openstackdocstheme")
     html_theme = "openstackdocs"
-    openstackdocs_repo_name = "openstack/docker2vm"
+    # No bug links to Launchpad (no bug project), no PDF, no version lookup
+    # through pbr. The repository name only appears in an HTML comment.
+    openstackdocs_repo_name = "docker2vm"
     openstackdocs_use_storyboard = False
     openstackdocs_auto_name = False
+    openstackdocs_auto_version = False
     openstackdocs_pdf_link = False
     # No analytics script (the theme's default loads Google's), and this
     # project's own title instead of "OpenStack Docs".
