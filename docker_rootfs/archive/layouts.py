@@ -124,12 +124,18 @@ def docker_save_candidates(outer):
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise errors.ArchiveError(f"{what}: RepoTags is not a list of strings")
         sources = entry.get("LayerSources") or {}
+        if not isinstance(sources, dict):   # (found by fuzzing, as the checks below)
+            raise errors.ArchiveError(f"{what}: LayerSources is not an object")
         layers = []
         for path in entry["Layers"]:
             if not isinstance(path, str):
                 raise errors.ArchiveError(f"{what}: layer path is not a string")
             digest = _digest_from_path(path) if path.startswith("blobs/") else None
             src = sources.get(digest, {}) if digest else {}
+            if not isinstance(src, dict) or not isinstance(src.get("mediaType", ""), str):
+                raise errors.ArchiveError(f"{what}: LayerSources entry of {path} is malformed")
+            if src.get("size") is not None and (not isinstance(src["size"], int) or src["size"] < 0):
+                raise errors.ArchiveError(f"{what}: malformed size {src['size']!r}")
             layers.append(LayerRef(path=path, media_type=src.get("mediaType", ""),
                                    digest=digest, size=src.get("size")))
         config = entry["Config"]
@@ -162,11 +168,15 @@ def _walk_index(outer, index, what, tags, platform, out, depth):
         dwhat = f"{what} manifests[{i}]"
         _descriptor(d, dwhat)
         ann = d.get("annotations") or {}
+        if not isinstance(ann, dict):   # (found by fuzzing, as the platform check)
+            raise errors.ArchiveError(f"{dwhat}: annotations is not an object")
         dtags = list(tags)
         for key in (CONTAINERD_NAME, REF_NAME):
             if isinstance(ann.get(key), str) and ann[key] not in dtags:
                 dtags.append(ann[key])
         dplat = d.get("platform") if isinstance(d.get("platform"), dict) else platform
+        if dplat and not all(isinstance(dplat.get(k), (str, type(None))) for k in ("os", "architecture", "variant")):
+            raise errors.ArchiveError(f"{dwhat}: platform os/architecture/variant are not strings")
         mt = d.get("mediaType", "")
         path = _blob_path(d["digest"], dwhat)
         if mt in (OCI_INDEX, DOCKER_LIST):
@@ -201,7 +211,7 @@ def _manifest_candidate(outer, desc, tags, platform):
         lwhat = f"{what} layer {i}"
         _descriptor(ld, lwhat)
         lmt = ld.get("mediaType", "")
-        if lmt not in LAYER_MEDIA_TYPES:
+        if not isinstance(lmt, str) or lmt not in LAYER_MEDIA_TYPES:   # a list: found by fuzzing
             raise errors.UnsupportedMediaType(f"{lwhat}: unsupported media type {lmt!r}")
         layers.append(LayerRef(path=_blob_path(ld["digest"], lwhat), media_type=lmt,
                                digest=ld["digest"], size=ld.get("size")))

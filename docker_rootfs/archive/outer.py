@@ -37,7 +37,7 @@ def _norm(name):
 def parse_json(data, name, what):
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # deep nesting: found by fuzzing
         raise errors.ArchiveError(f"{what} ({name}) is not valid JSON: {exc}") from None
 
 
