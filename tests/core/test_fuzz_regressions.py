@@ -144,3 +144,73 @@ def test_tarscan_negative_size(tmp_path, size):
     path.write_bytes(negative_size_tar("b", size))
     with pytest.raises(errors.ArchiveError, match="negative size"):
         tarscan.scan(str(path))
+
+
+# Layouts and manifests, written in the `layout` target's form (fuzz/targets.py
+# resolve_documents): documents joined by JSON_SEP, "@N" is the digest of
+# document N, "@L"/"@D" the digest/diff_id of a small fixed layer.
+CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:@D"]}}'
+MANIFEST = (b'{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json",'
+            b'"digest":"sha256:@1","size":1},"layers":[{"mediaType":"LAYER_MT","digest":"sha256:@L","size":1}]}')
+LAYER_MT = b'"application/vnd.oci.image.layer.v1.tar"'
+
+
+def oci_index(descriptor_extra=b"", layer_mt=LAYER_MT, second=b""):
+    from fuzz.targets import JSON_SEP
+    index = (b'{"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+             b'"digest":"sha256:@0","size":1' + descriptor_extra + b"}" + second + b"]}")
+    return JSON_SEP.join([index, MANIFEST.replace(b'"LAYER_MT"', layer_mt), CONFIG])
+
+
+def docker_save(layer_sources):
+    from fuzz.targets import JSON_SEP
+    manifest = (b'[{"Config":"blobs/sha256/@0","Layers":["blobs/sha256/@L"],"LayerSources":'
+                + layer_sources + b"}]")
+    return JSON_SEP.join([manifest, CONFIG])
+
+
+def layout(tmp_path, documents, error=errors.ArchiveError):
+    from fuzz.targets import build_layout
+    return refuse(tmp_path, build_layout(documents), error)
+
+
+def test_layout_form_accepts_a_good_image(tmp_path):
+    """The helpers above make a valid image: the refusals below are about
+    the one field each changes."""
+    from fuzz.targets import build_layout
+    for documents in (oci_index(), docker_save(b'{"sha256:@L":{"mediaType":' + LAYER_MT
+                                                        + b',"digest":"sha256:@L","size":1}}')):
+        path = tmp_path / "good"
+        path.write_bytes(build_layout(documents))
+        with open_image(path) as img:
+            img.flatten(io.BytesIO())
+
+
+@pytest.mark.parametrize("documents,message", [
+    # AttributeError: 'list' object has no attribute 'get'
+    (oci_index(b',"annotations":[1]'), "annotations is not an object"),
+    # TypeError: can only concatenate str (not "list") to str (listing the platforms)
+    (oci_index(b',"platform":{"os":"linux","architecture":"amd64","variant":[1]}',
+               second=b',{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:@0",'
+                      b'"size":1,"platform":{"os":"linux","architecture":"arm"}}'),
+     "are not strings"),
+    # TypeError: unhashable type: 'list'
+    (oci_index(layer_mt=b"[1]"), "unsupported media type"),
+    # AttributeError: 'list' / 'str' object has no attribute 'get'
+    (docker_save(b"[1]"), "LayerSources is not an object"),
+    (docker_save(b'{"sha256:@L":"x"}'), "is malformed"),
+    (docker_save(b'{"sha256:@L":{"mediaType":[1]}}'), "is malformed"),
+    # (this one was already refused, as a size mismatch; now named as what it is)
+    (docker_save(b'{"sha256:@L":{"size":"5"}}'), "malformed size"),
+], ids=["annotations-list", "platform-variant-list", "layer-media-type-list", "layersources-list",
+        "layersource-string", "layersource-media-type-list", "layersource-size-string"])
+def test_malformed_layout_fields(tmp_path, documents, message):
+    """Found with the `layout` target's inputs: fields of the wrong JSON
+    type were AttributeError/TypeError instead of one error line."""
+    assert message in layout(tmp_path, documents)
+
+
+def test_deeply_nested_json(tmp_path):
+    """Found with the `layout` target's inputs: 100,000 nested arrays in
+    index.json (200 KB) were a RecursionError from the JSON parser."""
+    assert "is not valid JSON" in layout(tmp_path, b'{"manifests":' + b"[" * 100000 + b"]" * 100000 + b"}")
