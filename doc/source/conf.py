@@ -2,7 +2,8 @@
 # Build: tox -e docs, or
 #   sphinx-build -W -b html doc/source doc/build/html
 # The pages are Markdown (MyST); index.rst and the section indexes hold the
-# toctrees. Option references come from the code (oslo_config.sphinxext) and
+# toctrees. Option references come from the code (oslo_config.sphinxext,
+# _exts/optiongroups.py) and
 # the error catalogue of the troubleshooting page from the product code's
 # raise statements (_exts/errorcatalog.py), so neither is copied by hand.
 
@@ -22,6 +23,7 @@ extensions = [
     "myst_parser",
     "sphinx.ext.graphviz",
     "oslo_config.sphinxext",
+    "optiongroups",
     "errorcatalog",
 ]
 

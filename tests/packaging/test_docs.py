@@ -36,11 +36,14 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     # The generated parts really are there: options from the code, the
     # error catalogue from the source, the diagrams from dot.
     glance = (out / "configuration" / "glance.html").read_text()
-    for name in ("default_delivery", "max_compression_ratio", "builder"):
+    for name in ("default_delivery", "child_cpu_seconds", "max_compression_ratio", "builder"):
         assert name in glance, name
     nova = (out / "configuration" / "nova.html").read_text()
     for name in ("sub_virt_type", "base_kernel", "share_readonly_mount"):
         assert name in nova, name
+    # Rendered as option entries, not left as reStructuredText source.
+    assert ".. oslo.config:" not in glance + nova
+    assert 'id="docker_convert.default_delivery"' in glance
     trouble = (out / "admin" / "troubleshooting.html").read_text()
     assert "climbs out of the image root" in trouble
     assert "no config drive (iso9660 or vfat labelled config-2) found" in trouble
