@@ -10,6 +10,7 @@ paths count as new coverage too.
 """
 
 import os
+import random
 import resource
 import sys
 
@@ -38,7 +39,18 @@ def main(argv):
     def one_input(data):
         targets.run_one(target, data, sandbox)
 
-    atheris.Setup([argv[0]] + argv[2:], one_input)
+    def json_mutator(data, max_size, seed):
+        """Half of the layout target's mutations are structure-aware
+        (fuzz/targets.py mutate_json), the rest libFuzzer's own."""
+        rng = random.Random(seed)
+        if rng.random() < 0.5:
+            out = targets.mutate_json(data, rng)
+            if out is not None and len(out) <= max_size:
+                return out
+        return atheris.Mutate(data, max_size)
+
+    extra = {"custom_mutator": json_mutator} if target_name == "layout" else {}
+    atheris.Setup([argv[0]] + argv[2:], one_input, **extra)
     try:
         atheris.Fuzz()
     finally:

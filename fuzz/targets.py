@@ -405,6 +405,70 @@ def build_layout(data):
     return _tar(files)
 
 
+_ODD_VALUES = (None, True, False, 0, -1, 2 ** 64, 1.5, "", "x", "sha256:", [], [1], ["x"], {}, {"a": 1},
+               {"os": "linux"}, "application/vnd.oci.image.index.v1+json",
+               "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip")
+
+
+def _slots(doc, out):
+    """Every (container, key) in a parsed JSON document."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.append((doc, k))
+            _slots(v, out)
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out.append((doc, i))
+            _slots(v, out)
+    return out
+
+
+def mutate_json(data, rng):
+    """A structure-aware mutation for the ``layout`` target: in one JSON
+    document of ``data``, a value becomes one of another type, another
+    value of the document or a deep nest, or a key or element is dropped
+    or repeated. None when no document parses (the caller then mutates
+    bytes)."""
+    docs = data.split(JSON_SEP)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    for i in order:
+        try:
+            doc = json.loads(docs[i])
+        except (ValueError, RecursionError):
+            continue
+        slots = _slots(doc, [])
+        if not slots:
+            continue
+        container, key = rng.choice(slots)
+        action = rng.randrange(6)
+        if action == 0:
+            container[key] = rng.choice(_ODD_VALUES)
+        elif action == 1:
+            container[key] = rng.choice(slots)[0]
+        elif action == 2:
+            container[key] = [container[key]] if rng.random() < 0.5 else {"x": container[key]}
+        elif action == 3:
+            del container[key]
+        elif action == 4 and isinstance(container, list):
+            container.insert(key, container[key])
+        elif action == 4:
+            container[key + "x" if isinstance(key, str) else key] = container[key]
+        else:
+            depth = rng.choice((10, 1000, 100000))
+            container[key] = json.loads("[" * depth + "]" * depth) if depth < 900 else "NEST"
+        try:
+            text = json.dumps(doc, separators=(",", ":"), check_circular=True).encode()
+        except (ValueError, RecursionError):
+            continue
+        if b'"NEST"' in text:
+            depth = rng.choice((1000, 100000))
+            text = text.replace(b'"NEST"', b"[" * depth + b"]" * depth, 1)
+        docs[i] = text
+        return JSON_SEP.join(docs)
+    return None
+
+
 def target_layout(data, sandbox):
     convert(sandbox.write_input(build_layout(data)), sandbox)
 
