@@ -241,17 +241,20 @@ class Scanner:
 
 
 def _ensure_parents(parent, kinds, stats, implied):
-    if parent in kinds:
-        if kinds[parent] != DIR:
-            raise errors.UnsafeEntry(
-                f"parent {parent.decode(errors='replace')!r} of an entry is a "
-                f"{kinds[parent]}, not a directory")
-        return
-    grand, _, base = parent.rpartition(b"/")
-    _ensure_parents(grand, kinds, stats, implied)
-    kinds[parent] = DIR
-    implied.add(parent)
-    stats.dir_bytes[grand] = stats.dir_bytes.get(grand, 0) + _dirent_bytes(base)
-    stats.dir_bytes.setdefault(parent, 0)
-    stats.dirs += 1
-    stats.inodes += 1
+    # A loop, not recursion: a path of 1,000 components was a RecursionError.
+    missing = []
+    while parent not in kinds:      # b"" (the root) is always there
+        missing.append(parent)
+        parent = parent.rpartition(b"/")[0]
+    if kinds[parent] != DIR:
+        raise errors.UnsafeEntry(
+            f"parent {parent.decode(errors='replace')!r} of an entry is a "
+            f"{kinds[parent]}, not a directory")
+    for parent in reversed(missing):
+        grand, _, base = parent.rpartition(b"/")
+        kinds[parent] = DIR
+        implied.add(parent)
+        stats.dir_bytes[grand] = stats.dir_bytes.get(grand, 0) + _dirent_bytes(base)
+        stats.dir_bytes.setdefault(parent, 0)
+        stats.dirs += 1
+        stats.inodes += 1
