@@ -214,3 +214,20 @@ def test_deeply_nested_json(tmp_path):
     """Found with the `layout` target's inputs: 100,000 nested arrays in
     index.json (200 KB) were a RecursionError from the JSON parser."""
     assert "is not valid JSON" in layout(tmp_path, b'{"manifests":' + b"[" * 100000 + b"]" * 100000 + b"}")
+
+
+def test_tarscan_deep_path(tmp_path):
+    """Found by reading tarscan while writing its target (the fuzzer does
+    not make 1,000-component paths): the implied parents of a deep path
+    were created recursively, a RecursionError. The flattener's
+    max_path_depth (256) keeps its own output below that, but an operator
+    may raise it, and the builder's scan does not trust its input."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("a/" * 1500 + "f")
+        tf.addfile(ti, io.BytesIO(b""))
+    path = tmp_path / "rootfs.tar"
+    path.write_bytes(buf.getvalue())
+    entries, stats = tarscan.scan(str(path))
+    assert len(entries) == 1 and stats.dirs == 1500 and stats.inodes == 1501
+    assert stats.dir_bytes[b"a"] == 12 and stats.dir_bytes[b""] == 12
