@@ -53,7 +53,7 @@ def log(*args):
 
 @contextlib.contextmanager
 def mariadb():
-    """A private MariaDB on a unix socket; yields a database URL."""
+    """A private MariaDB on a unix socket; yields new_database(name) -> URL."""
     d = tempfile.mkdtemp(prefix="d2v-bench-db-", dir="/tmp")
     sock = os.path.join(d, "sock")
     subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={d}/data",
@@ -69,9 +69,12 @@ def mariadb():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("mariadbd did not start")
             time.sleep(0.1)
-        subprocess.run(["mariadb", "--no-defaults", "-S", sock, "-u", "root", "-e",
-                        "CREATE DATABASE glance CHARACTER SET utf8mb4"], check=True)
-        yield f"mysql+pymysql://root@localhost/glance?unix_socket={sock}&charset=utf8mb4"
+
+        def new_database(name):
+            subprocess.run(["mariadb", "--no-defaults", "-S", sock, "-u", "root", "-e",
+                            f"CREATE DATABASE {name} CHARACTER SET utf8mb4"], check=True)
+            return f"mysql+pymysql://root@localhost/{name}?unix_socket={sock}&charset=utf8mb4"
+        yield new_database
     finally:
         proc.terminate()
         proc.wait(30)
@@ -129,22 +132,28 @@ def small_upload(client, payload):
     return time.perf_counter() - t, img["id"]
 
 
-def measure(client, gets, uploads, pause=0.02):
+def measure(clients, gets, uploads, pause=0.02):
+    """The same request sequence against every client, interleaved request by
+    request (the order alternating), so each sees the same moments of the
+    host's background. Returns {name: (get latencies, upload latencies)}."""
     payload = os.urandom(MiB)
     every = max(1, gets // max(1, uploads))
-    get_lat, up_lat, ids = [], [], []
+    out = {name: ([], []) for name in clients}
+    order = list(clients)
     for i in range(gets):
-        t = time.perf_counter()
-        status, body = client.request("GET", "/v2/images")
-        get_lat.append(time.perf_counter() - t)
-        assert status == 200, body
-        time.sleep(pause)
-        if i % every == every - 1 and len(up_lat) < uploads:
-            dt, image_id = small_upload(client, payload)
-            up_lat.append(dt)
-            ids.append(image_id)
+        order.reverse()
+        for name in order:
+            t = time.perf_counter()
+            status, body = clients[name].request("GET", "/v2/images")
+            out[name][0].append(time.perf_counter() - t)
+            assert status == 200, body
             time.sleep(pause)
-    return get_lat, up_lat, ids
+        if i % every == every - 1 and len(out[order[0]][1]) < uploads:
+            for name in order:
+                dt, _ = small_upload(clients[name], payload)
+                out[name][1].append(dt)
+                time.sleep(pause)
+    return out
 
 
 def pct(values, p):
@@ -173,77 +182,88 @@ def run(args):
     work = tempfile.mkdtemp(prefix="d2v-load-bench-", dir=args.dir)
     result = {"archive": archive, "archive_bytes": os.path.getsize(archive),
               "conversions": args.conversions, "gets": args.gets, "uploads": args.uploads}
+
+    def record(phase, measured):
+        for name, (g, u) in measured.items():
+            result[f"{phase}/{name}"] = {"get": summary(g), "upload": summary(u),
+                                         "raw": {"get": g, "upload": u}}
+
     try:
-        with mariadb() as db:
-            srv = DevServer(os.path.join(work, "glance"), database=db, threads=8,
-                            convert_opts={"progress_interval": 5})
-            with srv:
-                client = Client(srv.url)
-                client.request("GET", "/v2/images")
-                log("idle phase")
-                g, u, _ = measure(client, args.gets, args.uploads)
-                result["idle"] = {"get": summary(g), "upload": summary(u)}
-                result["idle_raw"] = {"get": g, "upload": u}
-                ids = []
-                for i in range(args.conversions):
-                    status, img = client.request("POST", "/v2/images", {
-                        "name": f"big-{i}", "container_format": "docker", "disk_format": "raw",
-                        "docker_delivery": "disk"})
-                    assert status == 201, img
-                    log(f"staging {i + 1}/{args.conversions}")
-                    client.stage_file(img["id"], archive)
-                    ids.append(img["id"])
-                started = time.monotonic()
+        with mariadb() as new_database, contextlib.ExitStack() as stack:
+            srv = stack.enter_context(DevServer(
+                os.path.join(work, "glance"), database=new_database("glance"), threads=8,
+                convert_opts={"progress_interval": 5}))
+            twin = stack.enter_context(DevServer(
+                os.path.join(work, "twin"), database=new_database("twin"), threads=8))
+            clients = {"converting": Client(srv.url), "twin": Client(twin.url)}
+            for c in clients.values():
+                c.request("GET", "/v2/images")
+            client = clients["converting"]
+            log("idle phase")
+            record("idle", measure(clients, args.gets, args.uploads))
+            ids = []
+            for i in range(args.conversions):
+                status, img = client.request("POST", "/v2/images", {
+                    "name": f"big-{i}", "container_format": "docker", "disk_format": "raw",
+                    "docker_delivery": "disk"})
+                assert status == 201, img
+                log(f"staging {i + 1}/{args.conversions}")
+                client.stage_file(img["id"], archive)
+                ids.append(img["id"])
+            started = time.monotonic()
+            for image_id in ids:
+                status, body = client.request("POST", f"/v2/images/{image_id}/import",
+                                              {"method": {"name": "docker-convert"}})
+                assert status == 202, body
+            # Wait until every conversion child runs.
+            while sum(1 for n in os.listdir(srv.staging_dir) if n.startswith("docker2vm-")) \
+                    < len(ids):
+                time.sleep(0.2)
+            log("load phase")
+            record("load", measure(clients, args.gets, args.uploads))
+            statuses = [client.image(i)["status"] for i in ids]
+            result["all_converting_at_end"] = all(s == "importing" for s in statuses)
+            result["statuses_at_end_of_load_phase"] = statuses
+            log("waiting for the conversions", statuses)
+            done = {}
+            while len(done) < len(ids):
                 for image_id in ids:
-                    status, body = client.request("POST", f"/v2/images/{image_id}/import",
-                                                  {"method": {"name": "docker-convert"}})
-                    assert status == 202, body
-                # Wait until every conversion child runs.
-                while sum(1 for n in os.listdir(srv.staging_dir) if n.startswith("docker2vm-")) \
-                        < len(ids):
-                    time.sleep(0.2)
-                log("load phase")
-                g, u, _ = measure(client, args.gets, args.uploads)
-                statuses = [client.image(i)["status"] for i in ids]
-                result["load"] = {"get": summary(g), "upload": summary(u)}
-                result["load_raw"] = {"get": g, "upload": u}
-                result["all_converting_at_end"] = all(s == "importing" for s in statuses)
-                result["statuses_at_end_of_load_phase"] = statuses
-                log("waiting for the conversions", statuses)
-                done = {}
-                while len(done) < len(ids):
-                    for image_id in ids:
-                        if image_id not in done:
-                            img = client.image(image_id)
-                            if img["status"] in ("active", "queued") and \
-                                    "os_glance_import_task" not in img:
-                                done[image_id] = (img["status"], time.monotonic() - started)
-                    time.sleep(1)
-                result["conversions_result"] = list(done.values())
-                log("conversions:", done)
-                # Idle again: the machine's background (other work on a shared
-                # host) as it is at the end of the run.
-                log("idle phase again")
-                g, u, _ = measure(client, args.gets, args.uploads)
-                result["idle_after"] = {"get": summary(g), "upload": summary(u)}
-                result["idle_after_raw"] = {"get": g, "upload": u}
-                with open(srv.log_file, errors="replace") as f:
-                    result["child_stats"] = [ln.split("docker-convert: ", 1)[1].strip()
-                                             for ln in f if "conversion child" in ln and " done," in ln]
+                    if image_id not in done:
+                        img = client.image(image_id)
+                        if img["status"] in ("active", "queued") and \
+                                "os_glance_import_task" not in img:
+                            done[image_id] = (img["status"], time.monotonic() - started)
+                time.sleep(1)
+            result["conversions_result"] = list(done.values())
+            log("conversions:", done)
+            # Idle again: the machine's background (other work on a shared
+            # host) as it is at the end of the run.
+            log("idle phase again")
+            record("idle_after", measure(clients, args.gets, args.uploads))
+            with open(srv.log_file, errors="replace") as f:
+                result["child_stats"] = [ln.split("docker-convert: ", 1)[1].strip()
+                                         for ln in f if "conversion child" in ln and " done," in ln]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
 
 
+ROWS = (("idle", "converting", "idle"), ("idle", "twin", "idle, twin"),
+        ("load", "converting", "conversions running"),
+        ("load", "twin", "twin, same moments"),
+        ("idle_after", "converting", "idle, after"), ("idle_after", "twin", "idle after, twin"))
+
+
 def print_table(r):
-    print("| call | phase | n | p50 ms | p99 ms | max ms | p99 / idle p99 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| call | glance-api, phase | n | p50 ms | p99 ms | max ms | p99 / idle p99 | p99 / twin p99 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for call, name in (("get", "GET /v2/images"), ("upload", "glance-direct 1 MiB (3 calls)")):
-        for phase in PHASES:
-            s = r[phase][call]
-            ratio = s["p99_ms"] / r["idle"][call]["p99_ms"]
-            print(f"| {name} | {PHASE_NAMES[phase]} | {s['n']} | {s['p50_ms']:.1f} | "
-                  f"{s['p99_ms']:.1f} | {s['max_ms']:.1f} | {ratio:.2f} |")
+        for phase, server, label in ROWS:
+            s = r[f"{phase}/{server}"][call]
+            idle = r[f"idle/{server}"][call]["p99_ms"]
+            twin = r[f"{phase}/twin"][call]["p99_ms"]
+            print(f"| {name} | {label} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                  f"{s['max_ms']:.1f} | {s['p99_ms'] / idle:.2f} | {s['p99_ms'] / twin:.2f} |")
     print()
     print(f"conversions: {r['conversions']} x {r['archive_bytes'] / 1e9:.2f} GB; all still "
           f"converting at the end of the load phase: {r['all_converting_at_end']}; "
@@ -252,28 +272,26 @@ def print_table(r):
         print("  " + line)
 
 
-PHASES = ("idle", "load", "idle_after")
-PHASE_NAMES = {"idle": "idle", "load": "converting", "idle_after": "idle, after"}
-
-
 def plot(r, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (call, title) in zip(axes, (("get", "GET /v2/images"),
                                         ("upload", "glance-direct upload, 1 MiB (3 calls)"))):
-        for phase, style in (("idle", "-"), ("load", "--"), ("idle_after", ":")):
-            v = sorted(x * 1000 for x in r[f"{phase}_raw"][call])
+        for (phase, server, label), style in zip(ROWS, ("-", ":", "-", ":", "-", ":")):
+            if phase == "idle_after":
+                continue
+            v = sorted(x * 1000 for x in r[f"{phase}/{server}"]["raw"][call])
             ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], style,
-                    label=f"{PHASE_NAMES[phase]} (p99 {r[phase][call]['p99_ms']:.0f} ms)")
+                    label=f"{label} (p99 {r[f'{phase}/{server}'][call]['p99_ms']:.0f} ms)")
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(title)
-        ax.legend()
-    fig.suptitle(f"glance-api idle vs {r['conversions']} docker-convert conversions "
-                 f"of {r['archive_bytes'] / 1e9:.1f} GB")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"glance-api latency: idle vs {r['conversions']} docker-convert conversions "
+                 f"of {r['archive_bytes'] / 1e9:.1f} GB (twin: an idle glance-api, same moments)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
