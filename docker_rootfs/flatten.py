@@ -22,6 +22,7 @@ Memory is bounded by the number of entries, not by their size.
 
 import io
 import logging
+import math
 import os
 import struct
 import tarfile
@@ -176,6 +177,8 @@ class Tree:
                 return
             raise errors.UnsafeEntry(f"{what}: entry {m.name!r} would replace the image root")
         *parent_parts, name = parts
+        if isinstance(m.mtime, float) and not math.isfinite(m.mtime):   # PAX "nan", "inf": found with the fuzz targets
+            raise errors.ArchiveError(f"{what}: entry {m.name!r} has an invalid mtime {m.mtime!r}")
         mtime = m.mtime if isinstance(m.mtime, int) else int(m.mtime)
         parent, ppath = self.resolve_dir(parent_parts, what, create_mtime=mtime, added=added)
         if name.startswith(WHITEOUT):
