@@ -119,7 +119,10 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.InvalidHeaderError as exc:
             raise LayerTarError(f"invalid tar header at byte {tf.offset}: {exc}") from None
         obj.offset = tf.fileobj.tell() - BLOCK
-        member = obj._proc_member(tf)
+        try:
+            member = obj._proc_member(tf)
+        except ValueError as exc:   # tarfile's own: a malformed GNU sparse map (found with the fuzz targets)
+            raise LayerTarError(f"invalid tar header at byte {obj.offset}: {exc}") from None
         if member.size < 0:   # base-256 or PAX; tarfile would seek backwards (found by fuzzing)
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: negative size {member.size}")
         return member
