@@ -13,6 +13,7 @@ Nothing here touches the host filesystem except reading the tar.
 
 import dataclasses
 import hashlib
+import math
 import os
 import tarfile
 
@@ -107,6 +108,8 @@ def _dirent_bytes(name):
 
 def _split_time(mtime):
     if isinstance(mtime, float):
+        if not math.isfinite(mtime):   # PAX "nan", "inf": found with the fuzz targets
+            raise errors.ArchiveError(f"invalid modification time {mtime!r} in the flattened tar")
         sec = int(mtime // 1)
         ns = int(round((mtime - sec) * 1e9))
         if ns >= 1_000_000_000:
@@ -125,7 +128,7 @@ def scan(path, max_entries=None, want_sha256=False):
     scanner = Scanner(max_entries)
     try:
         tf = tarfile.open(path, mode="r:", errors="surrogateescape")
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, ValueError) as exc:   # ValueError: a malformed GNU sparse map
         raise errors.ArchiveError(f"cannot read the flattened tar: {exc}") from None
     with tf:
         while True:
