@@ -231,3 +231,54 @@ def test_tarscan_deep_path(tmp_path):
     entries, stats = tarscan.scan(str(path))
     assert len(entries) == 1 and stats.dirs == 1500 and stats.inodes == 1501
     assert stats.dir_bytes[b"a"] == 12 and stats.dir_bytes[b""] == 12
+
+
+def pax_member(records, name="f", data=b"x"):
+    """A tar of one file whose PAX header is written by hand (tarfile's
+    writer would check the values)."""
+    body = b""
+    for key, value in records:
+        rec = b" " + key + b"=" + value + b"\n"
+        n = len(rec) + 1
+        while len(str(n)) + len(rec) != n:
+            n += 1
+        body += str(n).encode() + rec
+    head = tarfile.TarInfo("PaxHeaders/" + name)
+    head.type, head.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo(name)
+    member.size = len(data)
+    pad = -len(body) % 512
+    return (head.tobuf(tarfile.USTAR_FORMAT) + body + bytes(pad)
+            + member.tobuf(tarfile.USTAR_FORMAT) + data.ljust(512, b"\0") + bytes(1024))
+
+
+SPARSE_1_0 = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+              (b"GNU.sparse.name", b"s"), (b"GNU.sparse.realsize", b"100")]
+PAX_CASES = {
+    # ValueError: cannot convert float NaN to integer (flatten, tarscan)
+    "mtime-nan": ([(b"mtime", b"nan")], b"x", "invalid"),
+    # OverflowError: cannot convert float infinity to integer
+    "mtime-inf": ([(b"mtime", b"inf")], b"x", "invalid"),
+    # ValueError from tarfile's GNU sparse 1.0 map parser
+    "sparse-map-unterminated": (SPARSE_1_0, b"1", "not enough values"),
+    "sparse-map-not-a-number": (SPARSE_1_0, b"x\n", "invalid literal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAX_CASES))
+def test_layer_pax_values(tmp_path, case):
+    """Found by inputs written in the `layers` target's form (the byte
+    mutations do not write "nan" into a PAX record): ValueError or
+    OverflowError instead of one error line."""
+    from fuzz.targets import build_archive
+    records, data, message = PAX_CASES[case]
+    assert message in refuse(tmp_path, build_archive([("none", pax_member(records, data=data))]))
+
+
+@pytest.mark.parametrize("case", sorted(PAX_CASES))
+def test_tarscan_pax_values(tmp_path, case):
+    records, data, message = PAX_CASES[case]
+    path = tmp_path / "rootfs.tar"
+    path.write_bytes(pax_member(records, data=data))
+    with pytest.raises(errors.ArchiveError, match=message):
+        tarscan.scan(str(path))
