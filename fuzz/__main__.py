@@ -76,7 +76,8 @@ def run_target(target, seconds, workdir, runs=None, extra=(), log=print, seeds_d
     before = set(os.listdir(crashes))
     scratch = tempfile.mkdtemp(prefix="docker2vm-fuzz-run-")
     flags = [f"-timeout={TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-max_len={MAX_LEN}",
-             f"-artifact_prefix={crashes}/", "-print_final_stats=1", "-reload=0"]
+             f"-artifact_prefix={crashes}/", "-print_final_stats=1", "-reload=0",
+             "-dict=" + os.path.join(TOP, "fuzz", "tokens.dict")]
     flags.append(f"-runs={runs}" if runs is not None else f"-max_total_time={int(seconds)}")
     cmd = [sys.executable, "-m", "fuzz.engine", target, corpus, seeds_dir] + flags + list(extra)
     env = dict(os.environ, **(env or {}), DOCKER2VM_FUZZ_TMP=scratch,
