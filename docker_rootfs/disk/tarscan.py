@@ -18,6 +18,7 @@ import os
 import tarfile
 
 from docker_rootfs import errors
+from docker_rootfs.archive.layertar import FastTarInfo
 
 # Entry kinds
 REG, DIR, SYMLINK, HARDLINK, CHR, BLK, FIFO = "reg", "dir", "sym", "link", "chr", "blk", "fifo"
@@ -127,7 +128,7 @@ def scan(path, max_entries=None, want_sha256=False):
     """
     scanner = Scanner(max_entries)
     try:
-        tf = tarfile.open(path, mode="r:", errors="surrogateescape")
+        tf = tarfile.open(path, mode="r:", errors="surrogateescape", tarinfo=FastTarInfo)
     except (tarfile.TarError, OSError, ValueError) as exc:   # ValueError: a malformed GNU sparse map
         raise errors.ArchiveError(f"cannot read the flattened tar: {exc}") from None
     with tf:
