@@ -61,7 +61,8 @@ def _text(field, encoding, errors):
     return field.decode(encoding, errors)
 
 
-class _StrictTarInfo(tarfile.TarInfo):
+class FastTarInfo(tarfile.TarInfo):
+    """A TarInfo whose header parsing is faster, with the same results."""
 
     @classmethod
     def frombuf(cls, buf, encoding, errors):
@@ -99,6 +100,9 @@ class _StrictTarInfo(tarfile.TarInfo):
         if prefix:
             obj.name = prefix + "/" + obj.name
         return obj
+
+
+class _StrictTarInfo(FastTarInfo):
 
     @classmethod
     def fromtarfile(cls, tf):
