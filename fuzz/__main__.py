@@ -4,6 +4,7 @@
     python -m fuzz run TARGET --minutes N [--workdir DIR]
     python -m fuzz campaign --cpu-minutes N [--chunk-minutes M] [--targets a,b,...]
     python -m fuzz repro TARGET FILE...
+    python -m fuzz report [--since 2026-12-02T01:00:00Z]
 
 Work files go to ``.cache/fuzz/`` (``--workdir``): ``seeds/<target>``
 (rebuilt when missing), ``corpus/<target>`` (what the fuzzer kept, reused by
@@ -114,6 +115,36 @@ def _summary(r):
             + ("no failure" if r["ok"] else f"FAILED (exit {r['exit_code']}): {r['crashes']}"))
 
 
+def report(path, since=""):
+    """Per target: runs, executions, CPU time, the highest coverage and
+    features libFuzzer printed, and failures."""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["when"] < since:
+                continue
+            t = rows.setdefault(r["target"], {"runs": 0, "executions": 0, "cpu": 0.0, "wall": 0.0,
+                                              "cov": 0, "ft": 0, "failures": 0})
+            t["runs"] += 1
+            t["executions"] += r["executions"]
+            t["cpu"] += r["cpu_seconds"]
+            t["wall"] += r["seconds"]
+            t["cov"], t["ft"] = max(t["cov"], r["cov"]), max(t["ft"], r["ft"])
+            t["failures"] += 0 if r["ok"] else 1
+    out = ["| target | runs | executions | CPU min | wall min | cov | ft | failures |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    total = {"runs": 0, "executions": 0, "cpu": 0.0, "wall": 0.0, "failures": 0}
+    for name, t in sorted(rows.items()):
+        out.append(f"| `{name}` | {t['runs']} | {t['executions']:,} | {t['cpu'] / 60:.1f} | "
+                   f"{t['wall'] / 60:.1f} | {t['cov']} | {t['ft']} | {t['failures']} |")
+        for k in total:
+            total[k] += t[k]
+    out.append(f"| all | {total['runs']} | {total['executions']:,} | {total['cpu'] / 60:.1f} | "
+               f"{total['wall'] / 60:.1f} | | | {total['failures']} |")
+    return "\n".join(out)
+
+
 def repro(target_name, paths):
     from fuzz import targets
     targets.configure()
@@ -152,6 +183,9 @@ def main(argv=None):
     c.add_argument("--chunk-minutes", type=float, default=5.0,
                    help="wall time of one fuzzing process (targets take turns)")
     c.add_argument("--targets", default=",".join(targets.TARGETS))
+    rp = sub.add_parser("report", help="Markdown table of the runs in WORKDIR/results.jsonl")
+    rp.add_argument("--since", default="", help="only runs that ended at or after this UTC time "
+                    "(2026-12-02T01:00:00Z)")
     p = sub.add_parser("repro", help="run inputs through a target once, with tracebacks")
     p.add_argument("target", choices=sorted(targets.TARGETS))
     p.add_argument("files", nargs="+")
@@ -166,6 +200,9 @@ def main(argv=None):
         return 0
     if args.cmd == "repro":
         return repro(args.target, args.files)
+    if args.cmd == "report":
+        print(report(os.path.join(args.workdir, "results.jsonl"), args.since))
+        return 0
     if args.cmd == "run":
         res = run_target(args.target, args.minutes * 60, args.workdir, runs=args.runs)
         print(_summary(res), flush=True)
