@@ -56,7 +56,7 @@ class LayerReader:
         """Yield an iterator of ``(offset_data, TarInfo, TarFile)``; the
         blob digest, size and diff_id are verified when it is exhausted.
 
-        Reading, hashing and decompressing run in a thread (another core)
+        Reading, hashing, decompressing and spooling run in threads (both cores)
         while the caller parses. A compressed layer's uncompressed stream is
         also spooled to an anonymous temporary file, so :meth:`content`
         needs no second decompression."""
@@ -80,30 +80,34 @@ class LayerReader:
                                        totals=budget)
         data = limited = streams.LimitedReader(plain, "max_total_bytes", img.limits.max_total_bytes,
                                                "all layers", used=budget.used)
-        # A compressed layer's work runs in two threads (two cores): one
+        # A compressed layer's work runs in three threads (both cores): one
         # reads, hashes and decompresses the blob, the next hashes the
-        # uncompressed bytes and spools them.
-        unpack = None
-        if comp != "none":
-            data = unpack = streams.Prefetcher(data, name=f"docker2vm-unpack-{layer.index + 1}")
+        # uncompressed bytes, the last spools them; the caller parses.
         # An uncompressed blob already verified under the same digest needs no second hash.
         same = comp == "none" and layer.digest == layer.diff_id
-        diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)",
-                                    None if same else layer.diff_id)
-        source = diff
-        if comp != "none":
-            source = streams.TeeReader(diff, img.new_spool(layer.index))
+        threads = []
+
+        def thread(src, name):
+            threads.append(streams.Prefetcher(src, name=f"docker2vm-{name}-{layer.index + 1}"))
+            return threads[-1]
+
         ok = False
-        fetch = streams.Prefetcher(source, name=f"docker2vm-layer-{layer.index + 1}")
         try:
             try:
+                if comp != "none":
+                    data = thread(data, "unpack")
+                diff = streams.DigestReader(data, f"{what} uncompressed (diff_id)",
+                                            None if same else layer.diff_id)
+                source = diff
+                if comp != "none":
+                    source = streams.TeeReader(thread(diff, "hash"), img.new_spool(layer.index))
+                fetch = thread(source, "layer")
                 yield self._iterate(fetch, what, empty=not head)
                 while fetch.read(streams.CHUNK):
                     pass
             finally:
-                fetch.close()
-                if unpack is not None:
-                    unpack.close()
+                for t in reversed(threads):
+                    t.close()
                 budget.used = limited.count
             blob.drain()
             if comp != "none":
