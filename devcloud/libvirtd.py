@@ -65,10 +65,12 @@ PACKAGES = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients")
 TOOLS = ("libvirtd", "virtlogd", "virsh", "unshare", "qemu-system-x86_64")
 MAX_SOCKET_PATH = 100           # AF_UNIX: 107 bytes with the terminating NUL
 
-# $1 work dir, $2 owner pid ("" = persistent: the daemons outlive whoever started them)
+# $1 work dir, $2 owner pid ("" = persistent: the daemons outlive whoever started them),
+# $3 host name in a private UTS namespace ("" = the machine's)
 WRAPPER = r"""
 set -e
 W=$1; OWNER=$2
+if [ -n "${{3:-}}" ]; then hostname "$3"; fi
 i=0
 for d in {overlaid}; do
     i=$((i+1))
@@ -154,10 +156,12 @@ class Libvirtd:
     persistent: ``Libvirtd(workdir, persistent=True)``, ``start(wait=False)``
     then ``wait_ready()``."""
 
-    def __init__(self, workdir=None, debug=False, persistent=False):
+    def __init__(self, workdir=None, debug=False, persistent=False, hostname=None):
         if persistent and not workdir:
             raise ValueError("a persistent libvirtd needs its work dir")
         self.persistent = persistent
+        # another host name (a UTS namespace): a second compute host on this machine
+        self.hostname = hostname
         # unix socket paths are limited to 107 bytes: keep the dir short.
         self.workdir = os.path.abspath(workdir) if workdir else None
         self.debug = debug
@@ -271,8 +275,10 @@ class Libvirtd:
                     pass
             out = open(self.path("wrapper.out"), "ab")
             self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", WRAPPER,
-                 "d2v-libvirtd", self.workdir, "" if self.persistent else str(os.getpid())],
+                ["unshare", "--mount"] + (["--uts"] if self.hostname else [])
+                + ["--propagation", "private", "--", "sh", "-c", WRAPPER, "d2v-libvirtd",
+                   self.workdir, "" if self.persistent else str(os.getpid()),
+                   self.hostname or ""],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
             out.close()
