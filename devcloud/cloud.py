@@ -293,6 +293,8 @@ class Cloud:
         return took
 
     def down(self):
+        from devcloud.compute2 import SecondCompute
+        SecondCompute(self).down()        # a second compute host, when one was added
         for name in reversed(SERVICES):
             t0 = time.monotonic()
             if name == "nova-compute":
