@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -252,12 +253,16 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
                             geometry.size_mib, exc)
                 geometry = sizing.grow(geometry)
         timings["build"] = time.monotonic() - t
+        # 4. Check and output: for qcow2, e2fsck reads the raw image while
+        # qemu-img converts it (both only read it; two cores); the output is
+        # renamed into place only once both succeeded.
+        checker = None
         if options.fsck:
-            t = time.monotonic()
             progress(0.0, "checking (e2fsck -fn)")
-            fsck(raw_path)
-            timings["fsck"] = time.monotonic() - t
-        # 4. Output.
+            checker = _Background(fsck, raw_path)
+            if options.disk_format == "raw":
+                timings["fsck"] = checker.wait()
+                checker = None
         t = time.monotonic()
         if options.disk_format == "raw":
             os.chmod(raw_path, 0o644)
@@ -266,8 +271,12 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
         else:
             fd, partial = tempfile.mkstemp(prefix=".docker2vm-", suffix=".qcow2", dir=out_dir)
             os.close(fd)
-            qemu_img_convert(raw_path, partial, compress=options.qcow2_compress,
-                             progress=progress)
+            try:
+                qemu_img_convert(raw_path, partial, compress=options.qcow2_compress,
+                                 progress=progress)
+            finally:
+                if checker is not None:
+                    timings["fsck"] = checker.wait()
             os.chmod(partial, 0o644)
             os.replace(partial, output)
             partial = None
@@ -284,6 +293,32 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
         if partial:
             _unlink(partial)
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Background:
+    """``fn(*args)`` in a thread; :meth:`wait` joins it, raises what it
+    raised, else returns how long it ran."""
+
+    def __init__(self, fn, *args):
+        self._error = None
+        self._seconds = 0.0
+
+        def run():
+            t = time.monotonic()
+            try:
+                fn(*args)
+            except BaseException as exc:   # raised in wait()
+                self._error = exc
+            self._seconds = time.monotonic() - t
+
+        self._thread = threading.Thread(target=run, name="docker2vm-fsck", daemon=True)
+        self._thread.start()
+
+    def wait(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._seconds
 
 
 def _is_no_space(exc):

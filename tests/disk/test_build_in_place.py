@@ -56,3 +56,25 @@ def test_without_digest_a_tar_is_still_written_and_hashed(fixture_index, tmp_pat
         with open(tar, "wb") as f:
             img.flatten(f)
     assert result.seed == "sha256:" + _sha(tar)
+
+
+def test_fsck_failure_during_qcow2_conversion_leaves_nothing(fixture_index, tmp_path, monkeypatch):
+    """e2fsck runs beside qemu-img; when it finds the filesystem unclean the
+    qcow2 is not published and no partial file or scratch directory stays."""
+    from docker_rootfs import errors
+    from docker_rootfs.disk import build
+
+    def unclean(raw_path):
+        assert os.path.exists(raw_path)
+        raise errors.ToolError("built filesystem is not clean (e2fsck exit 4): test")
+
+    monkeypatch.setattr(build, "fsck", unclean)
+    fx = fixture_index["fixtures"]["basic-shell"]
+    out_dir, scratch = tmp_path / "out", tmp_path / "scratch"
+    out_dir.mkdir()
+    scratch.mkdir()
+    with open_image(str(fx["archive_path"]), image=fx["image"], platform=fx["platform"]) as img:
+        with pytest.raises(errors.ToolError, match="not clean"):
+            build_disk(img.flatten, str(out_dir / "rootfs.qcow2"),
+                       DiskOptions(tmp_dir=str(scratch)), digest=img.config.config_digest)
+    assert os.listdir(out_dir) == [] and os.listdir(scratch) == []
