@@ -325,10 +325,17 @@ def report(args, rows, floors, size):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5))
-        ax.barh([r[0] for r in rows], [r[2] for r in rows])
+        colors = ["0.6" if r[0].startswith("floor") else "tab:orange" if "[" in r[0] else "tab:blue"
+                  for r in rows]
+        bars = ax.barh([r[0] for r in rows], [r[2] for r in rows], color=colors)
+        for bar, (name, wall, mbs, rss, archive, load) in zip(bars, rows):
+            if archive in floors and not name.startswith("floor"):
+                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                        f" {wall / floors[archive]:.2f}x floor", va="center", fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("MB/s (higher is better)")
-        ax.set_title(f"Flatten throughput, {size / 1e6:.0f} MB image")
+        ax.set_xlabel("MB/s (higher is better); grey: floor, orange: before (baseline revision)")
+        ax.set_title(f"Flatten and convert throughput, {size / 1e6:.0f} MB image "
+                     f"(best of {args.repeat}, one run)")
         fig.tight_layout()
         fig.savefig(args.plot)
         print(f"\nplot written to {args.plot}")
