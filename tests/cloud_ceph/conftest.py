@@ -93,7 +93,7 @@ def pytest_collection_modifyitems(session, config, items):
     here = os.path.dirname(os.path.abspath(__file__))
     if "ceph" in (config.getoption("-m") or "") or os.environ.get("DEVCLOUD_CEPH_TESTS") == "1":
         return
-    skip = pytest.mark.skip(reason="the Ceph tier (a cloud with a real Ceph, ~6 min): "
+    skip = pytest.mark.skip(reason="the Ceph tier (a second cloud, with a real Ceph: ~10 min): "
                                    "run with -m ceph or DEVCLOUD_CEPH_TESTS=1")
     for item in items:
         if str(item.fspath).startswith(here + os.sep):
