@@ -131,6 +131,7 @@ def floor(archive, out_path):
 
     import zstandard
     t0 = time.perf_counter()
+    c0 = time.process_time()
     with tarfile.open(archive) as tf, open(out_path, "wb") as out:
         for m in tf:
             if not m.isreg() or not (m.name.startswith("blobs/") or m.name.endswith(".tar")):
@@ -155,15 +156,17 @@ def floor(archive, out_path):
                 out.write(data)
                 buf = f.read(1 << 20)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     os.unlink(out_path)
-    return wall
+    return wall, cpu
 
 
 TIME = "/usr/bin/time"   # GNU time (Debian package time)
 
 
 def timed(cmd, env=None, cwd=None):
-    """Run cmd; return (wall seconds, peak RSS MiB) of it and its children.
+    """Run cmd; return (wall seconds, peak RSS MiB, CPU seconds) of it and
+    its children.
 
     The peak RSS comes from GNU time, a small process that forks the
     command: a child forked straight from this benchmark would count the
@@ -182,6 +185,7 @@ def timed(cmd, env=None, cwd=None):
     err = p.stderr.read().decode(errors="replace")
     p.stderr.close()
     rss = ru.ru_maxrss / 1024
+    cpu = ru.ru_utime + ru.ru_stime
     if rss_file:
         with open(rss_file) as f:
             lines = f.read().split()
@@ -189,7 +193,7 @@ def timed(cmd, env=None, cwd=None):
         rss = int(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
     if p.returncode:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {err.strip()[-500:]}")
-    return wall, rss
+    return wall, rss, cpu
 
 
 def uncompressed_bytes(docker_archive):
@@ -231,7 +235,7 @@ def run(args):
             best = r if best is None or r[0] < best[0] else best
             if cleanup:
                 cleanup()
-        rows.append((name, best[0], size / best[0] / 1e6, best[1], archive, best[2]))
+        rows.append((name, best[0], size / best[0] / 1e6, best[1], archive, best[3], best[2]))
         print(f"bench: {name}: {best[0]:.2f}s", file=sys.stderr)
 
     out_tar = os.path.join(work, "rootfs.tar")
@@ -263,7 +267,8 @@ def run(args):
         for name, label, env, out, cmd in jobs:
             load = os.getloadavg()[0]
             if cmd is None:
-                r = (floor(paths[label], out_tar), 0, load)
+                wall, cpu = floor(paths[label], out_tar)
+                r = (wall, 0, cpu, load)
             else:
                 r = timed(cmd, env=env, cwd=env.get("PYTHONPATH") if env else None) + (load,)
                 os.unlink(out)
@@ -271,10 +276,10 @@ def run(args):
                 best[name] = r
             print(f"bench: {name}: {r[0]:.2f}s (load {load:.1f})", file=sys.stderr)
     for name, label, *_ in jobs:
-        wall, rss, load = best[name]
+        wall, rss, cpu, load = best[name]
         if name.startswith("floor"):
             floors[label] = wall
-        rows.append((name, wall, size / wall / 1e6, rss, label, load))
+        rows.append((name, wall, size / wall / 1e6, rss, label, load, cpu))
     if args.skip_tools:
         report(args, rows, floors, size)
         shutil.rmtree(work, ignore_errors=True)
@@ -313,13 +318,15 @@ def report(args, rows, floors, size):
           f"best of {args.repeat}; {os.cpu_count()} cores; load average now "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print(f"| {'tool':<46} | {'wall s':>7} | {'MB/s':>7} | {'peak RSS MiB':>12} | {'x floor':>7} "
-          f"| {'load':>5} |")
-    print(f"|{'-' * 48}|{'-' * 9}|{'-' * 9}|{'-' * 14}|{'-' * 9}|{'-' * 7}|")
-    for name, wall, mbs, rss, archive, load in rows:
+          f"| {'CPU s':>6} | {'load':>5} |")
+    print(f"|{'-' * 48}|{'-' * 9}|{'-' * 9}|{'-' * 14}|{'-' * 9}|{'-' * 8}|{'-' * 7}|")
+    for name, wall, mbs, rss, archive, load, cpu in rows:
         ratio = f"{wall / floors[archive]:.2f}" if archive in floors else ""
-        print(f"| {name:<46} | {wall:7.2f} | {mbs:7.1f} | {rss:12.0f} | {ratio:>7} | {load:5.1f} |")
-    print("\n(load: the 1-minute load average when the best run started; the floor runs in "
-          "the benchmark's own process, so its peak RSS is not measured)")
+        print(f"| {name:<46} | {wall:7.2f} | {mbs:7.1f} | {rss:12.0f} | {ratio:>7} | {cpu:6.2f} "
+              f"| {load:5.1f} |")
+    print("\n(CPU s: user + system time of the best run, all threads and child processes; "
+          "load: the 1-minute load average when it started; the floor runs in the "
+          "benchmark's own process, so its peak RSS is not measured)")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
@@ -328,7 +335,7 @@ def report(args, rows, floors, size):
         colors = ["0.6" if r[0].startswith("floor") else "tab:orange" if "[" in r[0] else "tab:blue"
                   for r in rows]
         bars = ax.barh([r[0] for r in rows], [r[2] for r in rows], color=colors)
-        for bar, (name, wall, mbs, rss, archive, load) in zip(bars, rows):
+        for bar, (name, wall, mbs, rss, archive, *_) in zip(bars, rows):
             if archive in floors and not name.startswith("floor"):
                 ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
                         f" {wall / floors[archive]:.2f}x floor", va="center", fontsize=7)
