@@ -365,7 +365,9 @@ class Cloud:
         return out
 
     def status(self):
-        return {name: self.pid(name) for name in SERVICES}
+        """PID (or None) of each service of this cloud (Ceph's daemons only with Ceph)."""
+        return {name: self.pid(name) for name in SERVICES
+                if self.ceph or name not in CEPH_DAEMONS}
 
     def destroy(self):
         """down, then remove the state dir (the cloud's only footprint)."""
