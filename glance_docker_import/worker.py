@@ -189,11 +189,14 @@ def classify(exc, stage):
     return "internal", "internal error while %s: %s: %s" % (stage, type(exc).__name__, exc)
 
 
-def _full(directory, reserve=1 << 20):
+def _full(directory):
+    """Is the file system of ``directory`` (nearly) full? Below 1% free, at
+    most 1 MiB, at least one page."""
     try:
-        return shutil.disk_usage(directory).free < reserve
+        usage = shutil.disk_usage(directory)
     except OSError:
         return False
+    return usage.free < max(4096, min(1 << 20, usage.total // 100))
 
 
 def main():
