@@ -230,7 +230,8 @@ def test_heartbeat_saves_and_aborts_when_lock_is_lost():
                                   extra_properties={"os_glance_import_task": task_id})
     wrapper = ImportActionWrapper(FakeImageRepo(image), "i-1", task_id)
     tasks = FakeTaskRepo(task_id)
-    with plugin.Heartbeat(tasks, task_id, wrapper, interval=0.05) as hb:
+    killed = []
+    with plugin.Heartbeat(tasks, task_id, wrapper, interval=0.05, on_abort=killed.append) as hb:
         hb.update(0.5, "copying")
         time.sleep(0.2)
         assert "docker-convert: 50% copying" in tasks.messages
@@ -241,6 +242,7 @@ def test_heartbeat_saves_and_aborts_when_lock_is_lost():
         time.sleep(0.2)
         with pytest.raises(plugin.ConversionAborted, match="lock"):
             hb.update(0.6, "more")
+    assert killed and "lock" in killed[0]        # the conversion child is killed
 
 
 def test_heartbeat_stops_on_cancelled_task():
