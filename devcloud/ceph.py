@@ -307,6 +307,8 @@ osd_memory_target = 1073741824
             text = text.replace(old, new)
         text += (f"\n[ceph]\nrbd_store_pool = images\nrbd_store_user = glance\n"
                  f"rbd_store_ceph_conf = {self.conf}\nrbd_store_chunk_size = 8\n"
+                 # zero chunks not written: the raw rootfs's free space costs nothing
+                 "rbd_thin_provisioning = true\n"
                  "store_description = Ceph RBD (devcloud)\n")
         with open(conf, "w") as f:
             f.write(text)
