@@ -276,6 +276,17 @@ class Docker2VMDriver(libvirt_driver.LibvirtDriver):
         paths.update(handler.guest_paths(instance, spec))
         return guestxml.apply_container(guest, handler, base, paths)
 
+    def _build_share_metadata(self, dev, shares):
+        """Nova's device metadata knows only Manila shares: for any other
+        <filesystem> it logs a WARNING ("found but it is not linked to any
+        share") at every spawn, start and hard reboot. A share instance's
+        container root (tag ``[docker2vm] share_tag``) is none of Nova's
+        business: no metadata, no warning."""
+        if self._enabled() and getattr(dev, "target_dir", None) == CONF.docker2vm.share_tag \
+                and not any(s.tag == dev.target_dir for s in shares):
+            return None
+        return super()._build_share_metadata(dev, shares)
+
     # -- config drive --------------------------------------------------------
     def _create_configdrive(self, context, instance, injection_info, rescue=False):
         spec = self._spec_for(instance)
