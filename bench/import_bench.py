@@ -80,10 +80,10 @@ def plot(result, path):
     for i, m in enumerate(methods):
         xs = [r["seconds"] for r in result["rows"][m]]
         ax.plot(xs, [i] * len(xs), "k|", markersize=14)
-        ax.text(med[i], i, f" {med[i]:.1f} s", va="center")
+        ax.text(max(xs), i, f"  {med[i]:.1f} s", va="center")
     ax.set_yticks(range(len(methods)), methods)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(max(r["seconds"] for r in rows) for rows in result["rows"].values()) * 1.25)
+    ax.set_xlim(0, max(max(r["seconds"] for r in rows) for rows in result["rows"].values()) * 1.3)
     ax.set_xlabel("glance image-create-via-import -> active, seconds (median; ticks: runs)")
     ax.set_title(f"import of the same {result['archive_bytes'] / 1e9:.1f} GB docker archive")
     fig.tight_layout()
