@@ -125,7 +125,7 @@ class _StrictTarInfo(FastTarInfo):
         obj.offset = tf.fileobj.tell() - BLOCK
         try:
             member = obj._proc_member(tf)
-        except ValueError as exc:   # tarfile's own: a malformed GNU sparse map (found with the fuzz targets)
+        except (ValueError, IndexError) as exc:   # tarfile's own: a malformed or cut GNU sparse map (fuzzing)
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: {exc}") from None
         if member.size < 0:   # base-256 or PAX; tarfile would seek backwards (found by fuzzing)
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: negative size {member.size}")
