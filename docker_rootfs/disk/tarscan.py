@@ -129,14 +129,15 @@ def scan(path, max_entries=None, want_sha256=False):
     scanner = Scanner(max_entries)
     try:
         tf = tarfile.open(path, mode="r:", errors="surrogateescape", tarinfo=FastTarInfo)
-    except (tarfile.TarError, OSError, ValueError) as exc:   # ValueError: a malformed GNU sparse map
+    except (tarfile.TarError, OSError, ValueError, IndexError) as exc:   # a malformed or cut GNU sparse map
         raise errors.ArchiveError(f"cannot read the flattened tar: {exc}") from None
     with tf:
         while True:
             try:
                 m = tf.next()
-            except (tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
-                # ValueError/OverflowError: a size beyond any file offset (found by fuzzing)
+            except (tarfile.TarError, EOFError, ValueError, OverflowError, IndexError) as exc:
+                # ValueError/OverflowError: a size beyond any file offset; IndexError: a GNU
+                # sparse extension block cut short (found by fuzzing)
                 raise errors.ArchiveError(f"truncated or corrupt flattened tar: {exc}") from None
             if m is None:
                 break
