@@ -109,8 +109,9 @@ class OuterArchive:
                     elif m.islnk():
                         self.links[name] = _norm(m.linkname)
                     tf.members.clear()
-        except (tarfile.TarError, ValueError, OverflowError) as exc:
-            # ValueError/OverflowError: a member size beyond any file offset (found by fuzzing)
+        except (tarfile.TarError, ValueError, OverflowError, IndexError) as exc:
+            # ValueError/OverflowError: a member size beyond any file offset; IndexError: a GNU
+            # sparse extension block cut short (found by fuzzing)
             raise errors.ArchiveError(f"{self.path} is not a readable tar archive: {exc}") from None
         if not self.members:
             raise errors.ArchiveError(f"{self.path} is not an image archive: no files in it")
