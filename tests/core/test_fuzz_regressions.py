@@ -282,3 +282,38 @@ def test_tarscan_pax_values(tmp_path, case):
     path.write_bytes(pax_member(records, data=data))
     with pytest.raises(errors.ArchiveError, match=message):
         tarscan.scan(str(path))
+
+
+def cut_sparse_tar():
+    """An old-GNU sparse member whose header says an extension block
+    follows (isextended), and the tar ends there."""
+    ti = tarfile.TarInfo("s")
+    ti.type = tarfile.GNUTYPE_SPARSE
+    block = bytearray(ti.tobuf(tarfile.GNU_FORMAT))
+    block[482] = 1                                   # isextended
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_tarscan_cut_sparse_extension():
+    """Found by the `tarscan` target in the campaign: tarfile's GNU sparse
+    reader indexed an empty block (IndexError)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(cut_sparse_tar())
+        f.flush()
+        with pytest.raises(errors.ArchiveError):
+            tarscan.scan(f.name)
+
+
+def test_layer_cut_sparse_extension(tmp_path):
+    from fuzz.targets import build_archive
+    refuse(tmp_path, build_archive([("none", cut_sparse_tar())]))
+
+
+def test_outer_archive_cut_sparse_extension(tmp_path):
+    first = tarfile.TarInfo("index.json")
+    first.size = 2
+    msg = refuse(tmp_path, first.tobuf(tarfile.GNU_FORMAT) + b"{}".ljust(512, b"\0") + cut_sparse_tar())
+    assert "not a readable tar archive" in msg
