@@ -129,7 +129,8 @@ def scan(path, max_entries=None, want_sha256=False):
     scanner = Scanner(max_entries)
     try:
         tf = tarfile.open(path, mode="r:", errors="surrogateescape", tarinfo=FastTarInfo)
-    except (tarfile.TarError, OSError, ValueError, IndexError) as exc:   # a malformed or cut GNU sparse map
+    except (tarfile.TarError, OSError, ValueError, IndexError, OverflowError) as exc:
+        # a malformed or cut GNU sparse map, a GNU long name of impossible size (found by fuzzing)
         raise errors.ArchiveError(f"cannot read the flattened tar: {exc}") from None
     with tf:
         while True:
