@@ -317,3 +317,15 @@ def test_outer_archive_cut_sparse_extension(tmp_path):
     first.size = 2
     msg = refuse(tmp_path, first.tobuf(tarfile.GNU_FORMAT) + b"{}".ljust(512, b"\0") + cut_sparse_tar())
     assert "not a readable tar archive" in msg
+
+
+def test_tarscan_gnu_longname_of_impossible_size(tmp_path):
+    """Found by the `tarscan` target in the campaign: a GNU long-name
+    header claiming 2**70 bytes was tarfile's OverflowError."""
+    ti = tarfile.TarInfo("././@LongLink")
+    ti.type = tarfile.GNUTYPE_LONGNAME
+    ti.size = 2 ** 70
+    path = tmp_path / "rootfs.tar"
+    path.write_bytes(ti.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
+    with pytest.raises(errors.ArchiveError, match="cannot read the flattened tar"):
+        tarscan.scan(str(path))
