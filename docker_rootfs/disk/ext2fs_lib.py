@@ -162,6 +162,19 @@ class Inode:
         struct.pack_into("<H", b, 128, INODE_LARGE - 128)
         struct.pack_into("<IIIII", b, 132, c_ex, m_ex, m_ex, c_lo, c_ex)
 
+    def init_regular(self, mode, uid, gid, mtime, mtime_ns, ctime, size):
+        """The whole inode of a new regular file in one write: what
+        ``clear``, ``set_meta(..., links=1)``, ``set_size`` and
+        ``ext2fs_extent_open2`` (the extents flag and an empty extent
+        header in i_block) make, without the library call."""
+        m_lo, m_ex = _time(mtime, mtime_ns)
+        c_lo, c_ex = _time(ctime, 0)
+        ctypes.memmove(self.buf, _REGULAR.pack(
+            mode & 0xFFFF, uid & 0xFFFF, size & 0xFFFFFFFF, m_lo, c_lo, m_lo, gid & 0xFFFF, 1,
+            EXT4_EXTENTS_FL, EXTENT_MAGIC, 0, EXTENT_ROOT_MAX, 0, 0, size >> 32,
+            (uid >> 16) & 0xFFFF, (gid >> 16) & 0xFFFF, INODE_LARGE - 128,
+            c_ex, m_ex, m_ex, c_lo, c_ex), 256)
+
     def set_size(self, size):
         struct.pack_into("<I", self.buf, 4, size & 0xFFFFFFFF)
         struct.pack_into("<I", self.buf, 108, size >> 32)
@@ -183,6 +196,18 @@ class Inode:
 
     def clear(self):
         ctypes.memset(self.buf, 0, len(self.buf))
+
+
+EXTENT_MAGIC = 0xF30A
+EXTENT_ROOT_MAX = 4     # (sizeof(i_block) - header) / sizeof(extent)
+# struct ext2_inode_large, 256 bytes; the x's stay zero: mode, uid, size_lo,
+# atime, ctime, mtime, (dtime), gid, links, (blocks), flags, (osd1), extent
+# header (magic, entries, max, depth, generation), (rest of i_block,
+# generation, file_acl), size_high, (faddr, blocks_hi, file_acl_hi),
+# uid_high, gid_high, (checksum_lo, reserved), extra_isize, (checksum_hi),
+# ctime_extra, mtime_extra, atime_extra, crtime, crtime_extra.
+_REGULAR = struct.Struct("<HHIIII4xHH4xI4xHHHHI48x4x4xI4x4xHH4xH2xIIIII104x")
+assert _REGULAR.size == 256
 
 
 def _time(sec, ns):
