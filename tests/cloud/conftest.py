@@ -336,3 +336,14 @@ def lifecycle_images(docker2vm_cloud, lifecycle_archive):
     finally:
         for image in images.values():
             cloud.openstack("image", "delete", image["id"], check=False)
+
+
+def nova_cache_fname(image_id):
+    """Nova's image cache file name for IMAGE_ID (``_base/<name>``).
+
+    Imported here, at call time: importing ``nova.virt.libvirt`` at module
+    level during collection selects oslo.service's eventlet backend before
+    tests/nova/conftest.py selects the threading one, and collection fails.
+    """
+    from nova.virt.libvirt import imagecache
+    return imagecache.get_cache_fname(image_id)

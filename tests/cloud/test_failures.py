@@ -13,7 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from nova.virt.libvirt import imagecache
+
+from tests.cloud.conftest import nova_cache_fname
 
 pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
@@ -122,7 +123,7 @@ def assert_error_and_nothing_left(cloud, name, needle, image_id=None):
     assert server.id not in listed
     if image_id:
         base = os.path.join(cloud.cloud.path("nova", "instances", "_base"),
-                            imagecache.get_cache_fname(image_id))
+                            nova_cache_fname(image_id))
         assert not os.path.exists(base)
     cloud.openstack("server", "delete", "--wait", server.id, timeout=300)
     assert cloud.conn().compute.find_server(server.id, ignore_missing=True) is None

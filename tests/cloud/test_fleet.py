@@ -15,7 +15,8 @@ import json
 import os
 
 import pytest
-from nova.virt.libvirt import imagecache
+
+from tests.cloud.conftest import nova_cache_fname
 
 pytestmark = [pytest.mark.cloud, pytest.mark.slow, pytest.mark.vm]
 
@@ -45,7 +46,7 @@ def fleet(docker2vm_cloud, fleet_image):
     """``{name: server}`` of the five servers, created by one API call."""
     cloud = docker2vm_cloud
     base = os.path.join(cloud.cloud.path("nova", "instances", "_base"),
-                        imagecache.get_cache_fname(fleet_image["id"]))
+                        nova_cache_fname(fleet_image["id"]))
     assert not os.path.exists(base)
     assert cloud.glance_downloads(fleet_image["id"]) == 0, \
         "Glance runs without its access log (a kept cloud started before it: restart it)"
@@ -79,7 +80,7 @@ def test_five_servers_at_once_one_download(docker2vm_cloud, fleet_image, fleet):
     assert {s["Name"]: s["Status"] for s in listed} == {n: "SHUTOFF" for n in fleet}
     assert cloud.glance_downloads(fleet_image["id"]) == 1
     cache = cloud.cloud.path("nova", "instances", "_base")
-    name = imagecache.get_cache_fname(fleet_image["id"])
+    name = nova_cache_fname(fleet_image["id"])
     assert [f for f in os.listdir(cache) if f.startswith(name)] == [name]
     for server in fleet.values():       # each instance's root: an overlay of that one base
         info = json.loads(cloud.cli("qemu-img", "info", "-U", "--output", "json",
