@@ -37,6 +37,8 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 COPY_CHUNK = 1024 * 1024
+MAX_DEV_MAJOR = 0xFFF      # Linux dev_t: 12-bit major, 20-bit minor
+MAX_DEV_MINOR = 0xFFFFF
 
 
 class Inode:
@@ -76,6 +78,11 @@ class Inode:
             kind = FIFO
         else:
             return None
+        if kind in (CHR, BLK) and not (0 <= m.devmajor <= MAX_DEV_MAJOR and 0 <= m.devminor <= MAX_DEV_MINOR):
+            # GNU base-256 fields hold any number; Linux (and ext4's encoding)
+            # 12-bit majors and 20-bit minors (found by the fuzzer, issue 15).
+            raise errors.ArchiveError(f"device {m.name!r} has an invalid number "
+                                      f"{m.devmajor}:{m.devminor}")
         xattrs = {k: v for k, v in m.pax_headers.items() if k.startswith(XATTR_PREFIXES)} or None
         return cls(kind, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid, uname=m.uname,
                    gname=m.gname, mtime=m.mtime, size=m.size if kind == REG else 0,

@@ -329,3 +329,32 @@ def test_tarscan_gnu_longname_of_impossible_size(tmp_path):
     path.write_bytes(ti.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
     with pytest.raises(errors.ArchiveError, match="cannot read the flattened tar"):
         tarscan.scan(str(path))
+
+
+@pytest.mark.parametrize("major, minor", [(2 ** 40, 1), (1, 2 ** 40), (-1, 0), (4096, 0), (0, 2 ** 20)])
+def test_layer_device_number_out_of_range(tmp_path, major, minor):
+    """Found by the `layers` target: a device whose GNU base-256 major or
+    minor no ustar field (nor Linux's dev_t) holds; writing the flattened
+    tar failed with tarfile's ValueError 'overflow in number field'."""
+    from fuzz.targets import build_archive
+    dev = tarfile.TarInfo("dev/x")
+    dev.type = tarfile.CHRTYPE
+    dev.devmajor, dev.devminor = major, minor
+    layer = dev.tobuf(tarfile.GNU_FORMAT) + bytes(1024)
+    msg = refuse(tmp_path, build_archive([("gzip", layer)]))
+    assert "invalid number" in msg
+
+
+def test_layer_device_numbers_at_the_linux_limits_are_kept(tmp_path):
+    from fuzz.targets import build_archive
+    dev = tarfile.TarInfo("x")
+    dev.type = tarfile.BLKTYPE
+    dev.devmajor, dev.devminor = 0xFFF, 0xFFFFF
+    path = tmp_path / "archive"
+    path.write_bytes(build_archive([("gzip", dev.tobuf(tarfile.GNU_FORMAT) + bytes(1024))]))
+    out = io.BytesIO()
+    with open_image(path, limits=Limits(), tmpdir=str(tmp_path)) as img:
+        img.flatten(out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        m = tf.getmember("x")
+    assert (m.devmajor, m.devminor) == (0xFFF, 0xFFFFF)
