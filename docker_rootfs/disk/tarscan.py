@@ -136,13 +136,17 @@ def scan(path, max_entries=None, want_sha256=False):
         while True:
             try:
                 m = tf.next()
-            except (tarfile.TarError, EOFError, ValueError, OverflowError, IndexError) as exc:
+            except (tarfile.TarError, EOFError, ValueError, OverflowError, IndexError, OSError) as exc:
                 # ValueError/OverflowError: a size beyond any file offset; IndexError: a GNU
-                # sparse extension block cut short (found by fuzzing)
+                # sparse extension block cut short; OSError: a seek before the file's start
+                # (found by fuzzing)
                 raise errors.ArchiveError(f"truncated or corrupt flattened tar: {exc}") from None
             if m is None:
                 break
-            if m.size < 0:   # tarfile would seek backwards, even loop (found by fuzzing)
+            # tarfile would seek backwards, even loop: a negative size, or an old GNU
+            # sparse member whose stored size is negative while its real size is not
+            # (found by fuzzing)
+            if m.size < 0 or tf.offset < m.offset_data:
                 raise errors.ArchiveError(f"corrupt flattened tar: {m.name!r} has a negative size")
             tf.members = []     # keep memory flat: we record our own compact entry
             scanner.add(m)

@@ -358,3 +358,27 @@ def test_layer_device_numbers_at_the_linux_limits_are_kept(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
         m = tf.getmember("x")
     assert (m.devmajor, m.devminor) == (0xFFF, 0xFFFFF)
+
+
+# The fuzzer's own input (1,900 bytes, zlib + base64): an old GNU sparse
+# member whose header fields send tarfile's next offset below zero.
+_OLD_GNU_SPARSE_CRASH = (
+    "eNrT02dgYGTADcyCCQEMLUmZefoMFACwqd5YAcOgACo0Nj+1JFmf1n4wAAJzU1MwDQSo9H96AqjFhqbGBsZmJmYGhiBHmZma"
+    "kZzuyATI6QuXXXrg+AC5lmEUkA0oLRiITtfDrsQZogXOLwLB7uzh6ROpV5FYUlKkV1qcWqSXTdBIdVISkSY2wRo0/nekPG2K"
+    "z7Si1HQ4WwEj2ZmZGZkwKOA1AAD1s8D4"
+)
+
+
+def test_tarscan_old_gnu_sparse_offset_below_zero(tmp_path):
+    """Found by the `tarscan` target in the final campaign: tarfile seeked
+    before the file's start (OSError: Invalid argument) on the member after
+    an old GNU sparse header ('S') with a negative stored size."""
+    import base64
+    import zlib
+
+    from fuzz.targets import fix_checksums
+    path = tmp_path / "t.tar"
+    path.write_bytes(fix_checksums(zlib.decompress(base64.b64decode("".join(_OLD_GNU_SPARSE_CRASH)))))
+    with pytest.raises(errors.ArchiveError) as info:
+        tarscan.scan(str(path))
+    assert "\n" not in str(info.value)
