@@ -129,6 +129,11 @@ class _StrictTarInfo(FastTarInfo):
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: {exc}") from None
         if member.size < 0:   # base-256 or PAX; tarfile would seek backwards (found by fuzzing)
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: negative size {member.size}")
+        if tf.offset < member.offset_data:
+            # an old GNU sparse member whose stored size is negative while its
+            # real size is not: tarfile's next offset goes backwards (found by
+            # fuzzing the builder's scan; the same input reaches layer tars)
+            raise LayerTarError(f"invalid tar header at byte {obj.offset}: negative stored size")
         return member
 
 

@@ -99,7 +99,10 @@ class OuterArchive:
                     if count > self.limits.max_archive_entries:
                         raise errors.LimitExceeded("max_archive_entries", count,
                                                    self.limits.max_archive_entries, "image archive")
-                    if m.size < 0:   # tarfile would seek backwards, even loop (found by fuzzing)
+                    # tarfile would seek backwards, even loop: a negative size, or an old
+                    # GNU sparse member whose stored size is negative while its real size
+                    # is not (found by fuzzing)
+                    if m.size < 0 or tf.offset < m.offset_data:
                         raise errors.ArchiveError(f"{self.path}: member {m.name!r} has a negative size")
                     name = _norm(m.name)
                     if m.isreg():

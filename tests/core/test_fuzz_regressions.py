@@ -382,3 +382,26 @@ def test_tarscan_old_gnu_sparse_offset_below_zero(tmp_path):
     with pytest.raises(errors.ArchiveError) as info:
         tarscan.scan(str(path))
     assert "\n" not in str(info.value)
+
+
+def _old_gnu_sparse_crash():
+    import base64
+    import zlib
+
+    from fuzz.targets import fix_checksums
+    return fix_checksums(zlib.decompress(base64.b64decode(_OLD_GNU_SPARSE_CRASH)))
+
+
+def test_outer_archive_old_gnu_sparse_offset_below_zero(tmp_path):
+    """The tarscan finding above, tried on the other two tar readers (issue
+    15): as an uploaded archive it was `OSError: Invalid argument` from
+    tarfile's seek."""
+    assert "negative size" in refuse(tmp_path, _old_gnu_sparse_crash())
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_layer_old_gnu_sparse_offset_below_zero(tmp_path, compression):
+    """... and as a layer tar it was `OSError: ForwardReader cannot seek
+    back`."""
+    from fuzz.targets import build_archive
+    assert "negative stored size" in refuse(tmp_path, build_archive([(compression, _old_gnu_sparse_crash())]))
