@@ -73,6 +73,12 @@ class Populator:
         self.extent = L.Extent()
         self.raw_fd = None
         self._ahead = (-1, 0, b"")   # (fd, offset, bytes) read ahead for small files
+        self.sb = None
+        self.range_start, self.range_len = ctypes.c_uint64(), ctypes.c_uint64()
+        self.range_start_ref = ctypes.byref(self.range_start)
+        self.range_len_ref = ctypes.byref(self.range_len)
+        # small files' data, a run of consecutive blocks not written yet
+        self._run, self._run_start, self._run_next = bytearray(), 0, -1
 
     # -- plumbing -------------------------------------------------------
     def _open(self):
@@ -164,6 +170,7 @@ class Populator:
         fd = os.open(job.tar_path, os.O_RDONLY) if job.tar_path else -1
         self.raw_fd = os.open(job.raw_path, os.O_WRONLY)
         try:
+            self.sb = L.Superblock(job.raw_path)
             self._open()
             try:
                 total = max(1, job.stats.data_bytes)
@@ -176,6 +183,7 @@ class Populator:
                         if done >= next_report:
                             job.report(done / total, "writing files")
                             next_report = done + total // 100
+                self._flush_run()
                 # Directory metadata last: linking into a directory changes it.
                 for ino, e in self.dirs:
                     self._read(ino)
@@ -228,11 +236,16 @@ class Populator:
             # only sets the extents flag and an empty extent header).
             inode.init_regular(L.S_IFREG | e.mode, e.uid, e.gid, e.mtime, e.mtime_ns,
                                self.ctime, e.size)
-            self._write(ino)
-            if e.size >= DIRECT_MIN and not any(off % BLOCK for off, _ in e.sparse):
-                self._write_data_direct(ino, e, fd)
-            elif e.size:
-                self._write_data(ino, e, fd)
+            if not e.size:
+                self._write(ino)
+            elif e.size < DIRECT_MIN and not e.sparse:
+                self._write_small(ino, e, fd)
+            else:
+                self._write(ino)
+                if e.size >= DIRECT_MIN and not any(off % BLOCK for off, _ in e.sparse):
+                    self._write_data_direct(ino, e, fd)
+                else:
+                    self._write_data(ino, e, fd)
         elif kind == tarscan.SYMLINK:
             ino = self._new_inode(parent, L.S_IFLNK | 0o777)
             L.check(lib.ext2fs_symlink(fs, parent, ino, None, e.target), "symlink")
@@ -253,6 +266,45 @@ class Populator:
         self.inos[e.path] = (ino, _FT[kind])
         if e.xattrs:
             self._set_xattrs(ino, e.xattrs)
+
+    def _write_small(self, ino, e, fd):
+        """A small file without a sparse map (most files of an image): its
+        blocks are one run allocated here (``ext2fs_new_range`` from the goal
+        libext2fs itself would take), one extent in the inode, and its data
+        joins the run of blocks written next to it: consecutive small files
+        get consecutive blocks, so 100k files cost ~1k ``pwrite`` calls, not
+        one block write (through libext2fs's 8-block cache) each. All-zero
+        data stays a hole, as in :meth:`_data_chunks`."""
+        n = e.size
+        data = self._pread(e.fd if e.fd >= 0 else fd, n, e.offset)
+        if len(data) != n:
+            raise errors.ArchiveError(f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
+        inode = self.inode
+        if not (n >= BLOCK and not data[-1] and data == bytes(n)):
+            nblk = (n + BLOCK - 1) // BLOCK
+            r = self.lib.ext2fs_new_range(self.fs, L.NEWRANGE_MIN_LENGTH, self.sb.inode_goal(ino), nblk,
+                                          None, self.range_start_ref, self.range_len_ref)
+            if r:
+                L.check(r, "allocate blocks")
+            pblk = self.range_start.value
+            self.lib.ext2fs_block_alloc_stats_range(self.fs, pblk, nblk, 1)
+            inode.set_one_extent(pblk, nblk)
+            if pblk != self._run_next or len(self._run) >= CHUNK:
+                self._flush_run()
+                self._run_start = pblk
+            self._run += data
+            if n % BLOCK:
+                self._run += ZERO_BLOCK[n % BLOCK:]
+            self._run_next = pblk + nblk
+        self._write(ino)
+
+    def _flush_run(self):
+        """Write the pending run of small files' blocks into the image."""
+        view, pos = memoryview(self._run), 0
+        while pos < len(view):
+            pos += os.pwrite(self.raw_fd, view[pos:], self._run_start * BLOCK + pos)
+        view.release()
+        self._run = bytearray()
 
     def _pread(self, fd, n, offset):
         """``os.pread``; small reads are served from a megabyte read at once

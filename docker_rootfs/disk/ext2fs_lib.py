@@ -39,9 +39,11 @@ S_IFREG, S_IFDIR, S_IFLNK = 0o100000, 0o040000, 0o120000
 S_IFCHR, S_IFBLK, S_IFIFO = 0o020000, 0o060000, 0o010000
 
 FALLOCATE_FORCE_INIT = 0x2
+NEWRANGE_MIN_LENGTH = 0x2   # ext2fs_new_range: the whole length in one run, or fail
 EXTENT_CURRENT = 0x0000
 GOAL_AUTO = 2 ** 64 - 1     # ~0ULL: let libext2fs pick the inode's goal
 
+BLOCK = 4096          # the block size base.make_filesystem gives every filesystem
 INODE_LARGE = 160     # sizeof(struct ext2_inode_large) in 1.46/1.47
 
 c_ino = ctypes.c_uint32
@@ -120,6 +122,8 @@ def load():
                              ctypes.c_uint64],
         "ext2fs_extent_goto2": [P, I, ctypes.c_uint64],
         "ext2fs_extent_get": [P, I, ctypes.POINTER(Extent)],
+        "ext2fs_new_range": [P, I, ctypes.c_uint64, ctypes.c_uint64, P,
+                             ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)],
     }
     for fname, argtypes in sigs.items():
         fn = getattr(lib, fname)
@@ -129,6 +133,8 @@ def load():
     lib.ext2fs_inode_alloc_stats2.restype = None
     lib.ext2fs_extent_free.argtypes = [P]
     lib.ext2fs_extent_free.restype = None
+    lib.ext2fs_block_alloc_stats_range.argtypes = [P, ctypes.c_uint64, U, I]
+    lib.ext2fs_block_alloc_stats_range.restype = None
     _lib = lib
     return lib
 
@@ -138,6 +144,34 @@ def check(code, what):
         if code in NO_SPACE:
             raise NoSpace(code, what)
         raise Ext2Error(code, what)
+
+
+class Superblock:
+    """The few superblock fields the builder's own block allocation needs,
+    read from the image mke2fs made (struct ext2_super_block)."""
+
+    def __init__(self, raw_path):
+        with open(raw_path, "rb") as f:
+            f.seek(1024)
+            sb = f.read(1024)
+        if len(sb) < 1024 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
+            raise errors.ToolError(f"{raw_path}: no ext2/3/4 superblock")
+        self.first_data_block, = struct.unpack_from("<I", sb, 0x14)
+        self.log_block_size, = struct.unpack_from("<I", sb, 0x18)
+        self.blocks_per_group, = struct.unpack_from("<I", sb, 0x20)
+        self.inodes_per_group, = struct.unpack_from("<I", sb, 0x28)
+        self.log_groups_per_flex = sb[0x174]
+        if 1024 << self.log_block_size != BLOCK:
+            raise errors.ToolError(f"{raw_path}: block size {1024 << self.log_block_size}, not {BLOCK}")
+
+    def inode_goal(self, ino):
+        """Where libext2fs starts looking for a file's first block
+        (``ext2fs_find_inode_goal`` of an inode without blocks): the first
+        block of the inode's flex group."""
+        group = (ino - 1) // self.inodes_per_group
+        if self.log_groups_per_flex:
+            group &= ~((1 << self.log_groups_per_flex) - 1)
+        return self.first_data_block + group * self.blocks_per_group
 
 
 class Inode:
@@ -174,6 +208,15 @@ class Inode:
             EXT4_EXTENTS_FL, EXTENT_MAGIC, 0, EXTENT_ROOT_MAX, 0, 0, size >> 32,
             (uid >> 16) & 0xFFFF, (gid >> 16) & 0xFFFF, INODE_LARGE - 128,
             c_ex, m_ex, m_ex, c_lo, c_ex), 256)
+
+    def set_one_extent(self, pblk, nblk):
+        """i_block of a file whose ``nblk`` blocks are one run at ``pblk``
+        (on an inode from :meth:`init_regular`: one extent in the inode's
+        own extent root), and i_blocks (512-byte units: no HUGE_FILE flag)."""
+        b = self.buf
+        struct.pack_into("<I", b, 28, nblk * (BLOCK // 512))
+        struct.pack_into("<H", b, 42, 1)
+        struct.pack_into("<IHHI", b, 52, 0, nblk, pblk >> 32, pblk & 0xFFFFFFFF)
 
     def set_size(self, size):
         struct.pack_into("<I", self.buf, 4, size & 0xFFFFFFFF)
