@@ -132,6 +132,34 @@ def du_bytes(path):
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
 
+def spawn_steps(drv, ctx, inst, image_meta):
+    """The driver's spawn-side steps for one instance (``drv``: a
+    Docker2VMDriver in libvirtkit's harness), each timed: a dict of seconds
+    ``spec`` (container spec, disk mapping), ``image`` (``_create_image``),
+    ``xml`` (``_get_guest_xml``), ``configdrive`` (``_create_configdrive``)
+    and their ``total``. The instance's spec stays in ``drv._specs`` (the
+    caller pops it)."""
+    from nova.network import model as network_model
+    from nova.virt.libvirt import blockinfo
+    from nova.virt.libvirt import driver as libvirt_driver
+
+    t0 = time.monotonic()
+    drv._specs[inst.uuid] = drv.container_spec_from_image(ctx, inst)
+    inst.config_drive = "True"
+    disk_info = blockinfo.get_disk_info("qemu", inst, image_meta, None)
+    injection = libvirt_driver.InjectionInfo(
+        network_info=network_model.NetworkInfo([]), files=[], admin_pass=None)
+    t1 = time.monotonic()
+    drv._create_image(ctx, inst, disk_info["mapping"], injection_info=injection)
+    t2 = time.monotonic()
+    drv._get_guest_xml(ctx, inst, network_model.NetworkInfo([]), disk_info, image_meta)
+    t3 = time.monotonic()
+    drv._create_configdrive(ctx, inst, injection)
+    t4 = time.monotonic()
+    return {"spec": t1 - t0, "image": t2 - t1, "xml": t3 - t2, "configdrive": t4 - t3,
+            "total": t4 - t0}
+
+
 def run_mode(lv, base, image, props, images_type, count, workdir, root_gb, disk_format="qcow2",
              unpack_per_instance=False):
     """Spawn-side steps for ``count`` instances, one after the other; a list of
@@ -140,9 +168,6 @@ def run_mode(lv, base, image, props, images_type, count, workdir, root_gb, disk_
     again into the instance directory (the proposal's per-instance copy of
     the filesystem, by the same safe unpack code)."""
     from nova.conf import CONF
-    from nova.network import model as network_model
-    from nova.virt.libvirt import blockinfo
-    from nova.virt.libvirt import driver as libvirt_driver
 
     from nova_image_handler import unpack
     from tests.nova import libvirtkit as kit
@@ -158,30 +183,17 @@ def run_mode(lv, base, image, props, images_type, count, workdir, root_gb, disk_
             drv = nc.driver
             for i in range(count):
                 ctx, inst = nc.instance(image_id, root_gb=root_gb)
-                image_meta = nc.images.image_meta(image_id)
-                t0 = time.monotonic()
-                spec = drv.container_spec_from_image(ctx, inst)
-                drv._specs[inst.uuid] = spec
-                inst.config_drive = "True"
-                disk_info = blockinfo.get_disk_info("qemu", inst, image_meta, None)
-                injection = libvirt_driver.InjectionInfo(
-                    network_info=network_model.NetworkInfo([]), files=[], admin_pass=None)
-                t1 = time.monotonic()
-                drv._create_image(ctx, inst, disk_info["mapping"], injection_info=injection)
-                t2 = time.monotonic()
-                drv._get_guest_xml(ctx, inst, network_model.NetworkInfo([]), disk_info,
-                                   image_meta)
-                t3 = time.monotonic()
-                drv._create_configdrive(ctx, inst, injection)
-                t4 = time.monotonic()
+                row = spawn_steps(drv, ctx, inst, nc.images.image_meta(image_id))
                 inst_dir = os.path.join(inst_path, inst.uuid)
                 if unpack_per_instance:
+                    t4 = time.monotonic()
                     unpack.ensure_tree(os.path.join(inst_dir, "rootfs-copy"), image_id,
                                        drv._root_base_path(image_id), read_only_mount=False)
-                t5 = time.monotonic()
-                rows.append({"spec": t1 - t0, "image": t2 - t1 + t5 - t4, "xml": t3 - t2,
-                             "configdrive": t4 - t3, "total": t5 - t0,
-                             "inst_bytes": du_bytes(inst_dir)})
+                    unpacked = time.monotonic() - t4
+                    row["image"] += unpacked
+                    row["total"] += unpacked
+                row["inst_bytes"] = du_bytes(inst_dir)
+                rows.append(row)
                 if images_type == "flat" or unpack_per_instance:
                     shutil.rmtree(inst_dir)          # bounded disk use (see docstring)
                 drv._specs.pop(inst.uuid, None)
@@ -239,7 +251,11 @@ def print_table(results, size_mb):
                   % (theirs, ours, last[theirs]["rest_mean_s"] / last[ours]["rest_mean_s"]))
 
 
-def plot(raw, path):
+def plot(raw, path, styles=None, per_instance="total", per_instance_label="host work for this instance, s",
+         per_instance_title="per instance (first: download into _base)", legend_fontsize=None):
+    """The curves of ``raw`` (mode -> per-instance rows) into ``path``:
+    cumulative host work, and each instance's ``per_instance`` step (log
+    scale); bench/rbd_spawn_bench.py draws its modes with it too."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -248,8 +264,9 @@ def plot(raw, path):
         print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    styles = {"docker2vm": "o-", "per-instance copy": "s-", "docker2vm share": "^-",
-              "share, unpack per instance": "v-"}
+    if styles is None:
+        styles = {"docker2vm": "o-", "per-instance copy": "s-", "docker2vm share": "^-",
+                  "share, unpack per instance": "v-"}
     for name in raw:
         rows, style = raw[name], styles.get(name, ".-")
         xs = list(range(1, len(rows) + 1))
@@ -258,17 +275,17 @@ def plot(raw, path):
             acc += r["total"]
             cum.append(acc)
         ax1.plot(xs, cum, style, markersize=3, label=name)
-        ax2.plot(xs, [r["total"] for r in rows], style, markersize=3, label=name)
+        ax2.plot(xs, [r[per_instance] for r in rows], style, markersize=3, label=name)
     ax1.set_xlabel("instances spawned")
     ax1.set_ylabel("cumulative host work, s")
     ax1.set_title("spawn-side host work (boot excluded)")
     ax2.set_xlabel("instance #")
-    ax2.set_ylabel("host work for this instance, s")
+    ax2.set_ylabel(per_instance_label)
     ax2.set_yscale("log")
-    ax2.set_title("per instance (first: download into _base)")
+    ax2.set_title(per_instance_title)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=legend_fontsize)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")

@@ -107,10 +107,7 @@ def run_mode(lv, base, ceph, mode, qcow2, raw, props, count, workdir, root_gb):
 
     import nova.virt.libvirt.imagebackend as imagebackend
     from nova.conf import CONF
-    from nova.network import model as network_model
-    from nova.virt.libvirt import blockinfo
-    from nova.virt.libvirt import driver as libvirt_driver
-    from nova_spawn_bench import du_bytes
+    from nova_spawn_bench import du_bytes, spawn_steps
 
     from nova_image_handler import driver as d2v_driver  # noqa: F401  (registers [docker2vm])
     from tests.nova import libvirtkit as kit
@@ -145,23 +142,7 @@ def run_mode(lv, base, ceph, mode, qcow2, raw, props, count, workdir, root_gb):
             drv = nc.driver
             for i in range(count):
                 ctx, inst = nc.instance(image_id, root_gb=root_gb)
-                image_meta = api.image_meta(image_id)
-                t0 = time.monotonic()
-                drv._specs[inst.uuid] = drv.container_spec_from_image(ctx, inst)
-                inst.config_drive = "True"
-                disk_info = blockinfo.get_disk_info("qemu", inst, image_meta, None)
-                injection = libvirt_driver.InjectionInfo(
-                    network_info=network_model.NetworkInfo([]), files=[], admin_pass=None)
-                t1 = time.monotonic()
-                drv._create_image(ctx, inst, disk_info["mapping"], injection_info=injection)
-                t2 = time.monotonic()
-                drv._get_guest_xml(ctx, inst, network_model.NetworkInfo([]), disk_info,
-                                   image_meta)
-                t3 = time.monotonic()
-                drv._create_configdrive(ctx, inst, injection)
-                t4 = time.monotonic()
-                row = {"spec": t1 - t0, "image": t2 - t1, "xml": t3 - t2,
-                       "configdrive": t4 - t3, "total": t4 - t0}
+                row = spawn_steps(drv, ctx, inst, api.image_meta(image_id))
                 inst_dir = os.path.join(inst_path, inst.uuid)
                 if on_rbd:
                     info = ceph.info("vms", f"{inst.uuid}_disk")
@@ -236,38 +217,10 @@ def print_table(results, size_mb, ceph_up_s):
 
 
 def plot(raw, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
-        return 1
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    styles = dict(zip(MODES, ("o-", "s-", "^-", "v-")))
-    for name, rows in raw.items():
-        xs = list(range(1, len(rows) + 1))
-        cum, acc = [], 0.0
-        for r in rows:
-            acc += r["total"]
-            cum.append(acc)
-        ax1.plot(xs, cum, styles.get(name, ".-"), markersize=3, label=name)
-        ax2.plot(xs, [r["image"] for r in rows], styles.get(name, ".-"), markersize=3,
-                 label=name)
-    ax1.set_xlabel("instances spawned")
-    ax1.set_ylabel("cumulative host work, s")
-    ax1.set_title("spawn-side host work (boot excluded)")
-    ax2.set_xlabel("instance #")
-    ax2.set_ylabel("root disk step (_create_image), s")
-    ax2.set_yscale("log")
-    ax2.set_title("per instance (#1: cold host)")
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"plot: {path}")
-    return 0
+    from nova_spawn_bench import plot as plot_curves
+    return plot_curves(raw, path, styles=dict(zip(MODES, ("o-", "s-", "^-", "v-"))),
+                       per_instance="image", per_instance_label="root disk step (_create_image), s",
+                       per_instance_title="per instance (#1: cold host)", legend_fontsize=8)
 
 
 def main(argv=None):
