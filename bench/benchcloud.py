@@ -9,6 +9,7 @@ under it; a state dir it created itself is removed (``--keep`` leaves the
 cloud running). Needs root, as the cloud does.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -157,3 +158,62 @@ def write_json(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
+
+
+# -- the benchmarks' command line and plots ----------------------------------------
+
+def cli_main(argv, doc, run, print_table, plot, **options):
+    """A cloud benchmark's command line (its description: ``doc``'s first
+    paragraph): --runs, --keep, the benchmark's own ``options`` (``name=``
+    add_argument's keywords: ``skip_cloudinit={"action": "store_true"}`` is
+    --skip-cloudinit), --plot, --json, --from-json. The result is
+    ``run(args)`` (written to --json) or an earlier run's --json; then
+    ``print_table(result)`` and, with --plot, ``plot(result, path)``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="leave the cloud running")
+    for name, kwargs in options.items():
+        ap.add_argument("--" + name.replace("_", "-"), **kwargs)
+    ap.add_argument("--plot", help="PNG path (matplotlib)")
+    ap.add_argument("--json", help="raw results")
+    ap.add_argument("--from-json", help="print/plot an earlier --json instead of running")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+    else:
+        result = run(args)
+        if args.json:
+            write_json(args.json, result)
+    print_table(result)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg (file only) backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def run_ticks(ax, rows, key, medians):
+    """On a horizontal bar chart of ``rows`` (name -> runs, top down): each
+    run's ``key`` as a tick on its name's bar, ``medians[i]`` written beside
+    the slowest run, and room on the right for those labels."""
+    names = list(rows)
+    for i, name in enumerate(names):
+        xs = [r[key] for r in rows[name]]
+        ax.plot(xs, [i] * len(xs), "k|", markersize=14)
+        ax.text(max(xs), i, f"  {medians[i]:.1f} s", va="center")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(max(r[key] for r in runs) for runs in rows.values()) * 1.3)
+
+
+def save_plot(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"plot written to {path}")

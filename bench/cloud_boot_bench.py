@@ -46,7 +46,6 @@ once from deb.debian.org by debootstrap, ~2-5 min, cached in
 .cache/cloudimage/).
 """
 
-import argparse
 import os
 import re
 import subprocess
@@ -57,7 +56,16 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.benchcloud import TOP, BenchCloud, log, median, write_json  # noqa: E402
+from bench.benchcloud import (  # noqa: E402
+    TOP,
+    BenchCloud,
+    cli_main,
+    log,
+    median,
+    pyplot,
+    run_ticks,
+    save_plot,
+)
 
 CACHE = os.path.join(TOP, ".cache", "bench", "cloud-boot")
 FLAVOR = "d2v.small"
@@ -262,9 +270,7 @@ def print_table(result):
 
 
 def plot(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     s = summary(result)
     modes = list(s)
     fig, ax = plt.subplots(figsize=(8, 1.3 + 0.75 * len(modes)))
@@ -273,42 +279,15 @@ def plot(result, path):
     active = [s[m]["active_s"] or 0 for m in modes]
     ax.barh(y, first, color="#4c72b0", label="server create -> first console line (median)")
     ax.barh(y, active, color="#dd8452", height=0.35, label="server create -> ACTIVE (median)")
-    for i, m in enumerate(modes):
-        xs = [r["first_line_s"] for r in result["rows"][m]]
-        ax.plot(xs, [i] * len(xs), "k|", markersize=14)
-        ax.text(max(xs), i, f"  {first[i]:.1f} s", va="center")
-    ax.set_yticks(list(y), modes)
-    ax.invert_yaxis()
+    run_ticks(ax, result["rows"], "first_line_s", first)
     ax.set_xlabel("seconds (TCG, 1 vCPU, 512 MiB; ticks: single runs)")
-    ax.set_xlim(0, max(max(r["first_line_s"] for r in rows) for rows in result["rows"].values()) * 1.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
     ax.set_title("one-machine cloud: openstack server create -> container's first line")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    log(f"plot written to {path}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    save_plot(fig, path)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--keep", action="store_true", help="leave the cloud running")
-    ap.add_argument("--skip-cloudinit", action="store_true")
-    ap.add_argument("--plot", help="PNG path (matplotlib)")
-    ap.add_argument("--json", help="raw results")
-    ap.add_argument("--from-json", help="print/plot an earlier --json instead of running")
-    args = ap.parse_args(argv)
-    if args.from_json:
-        import json
-        with open(args.from_json) as f:
-            result = json.load(f)
-    else:
-        result = run(args)
-    if args.json and not args.from_json:
-        write_json(args.json, result)
-    print_table(result)
-    if args.plot:
-        plot(result, args.plot)
-    return 0
+    return cli_main(argv, __doc__, run, print_table, plot, skip_cloudinit={"action": "store_true"})
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ The archive: bench/flatten_bench.py's ``bench2-1000-many`` docker-archive
         --plot doc/source/cloud-import-bench.png --json /tmp/import.json
 """
 
-import argparse
 import os
 import sys
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.benchcloud import BenchCloud, log, median, write_json  # noqa: E402
+from bench.benchcloud import BenchCloud, cli_main, log, median, pyplot, run_ticks, save_plot  # noqa: E402
 
 METHODS = ("glance-direct", "docker-convert")
 
@@ -70,48 +69,20 @@ def print_table(result):
 
 
 def plot(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     methods = list(result["rows"])
     med = [median([r["seconds"] for r in result["rows"][m]]) for m in methods]
     fig, ax = plt.subplots(figsize=(7.5, 2.4))
     ax.barh(range(len(methods)), med, color=["#8c8c8c", "#4c72b0"])
-    for i, m in enumerate(methods):
-        xs = [r["seconds"] for r in result["rows"][m]]
-        ax.plot(xs, [i] * len(xs), "k|", markersize=14)
-        ax.text(max(xs), i, f"  {med[i]:.1f} s", va="center")
-    ax.set_yticks(range(len(methods)), methods)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(max(r["seconds"] for r in rows) for rows in result["rows"].values()) * 1.3)
+    run_ticks(ax, result["rows"], "seconds", med)
     ax.set_xlabel("glance image-create-via-import -> active, seconds (median; ticks: runs)")
     ax.set_title(f"import of the same {result['archive_bytes'] / 1e9:.1f} GB docker archive")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    log(f"plot written to {path}")
+    save_plot(fig, path)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--archive", help="docker/OCI archive (default: the cached 1 GB bench image)")
-    ap.add_argument("--keep", action="store_true", help="leave the cloud running")
-    ap.add_argument("--plot", help="PNG path (matplotlib)")
-    ap.add_argument("--json", help="raw results")
-    ap.add_argument("--from-json", help="print/plot an earlier --json instead of running")
-    args = ap.parse_args(argv)
-    if args.from_json:
-        import json
-        with open(args.from_json) as f:
-            result = json.load(f)
-    else:
-        result = run(args)
-        if args.json:
-            write_json(args.json, result)
-    print_table(result)
-    if args.plot:
-        plot(result, args.plot)
-    return 0
+    return cli_main(argv, __doc__, run, print_table, plot,
+                    archive={"help": "docker/OCI archive (default: the cached 1 GB bench image)"})
 
 
 if __name__ == "__main__":
