@@ -154,16 +154,27 @@ def _require_glance():
         pytest.skip("gunicorn is not installed")
 
 
-@pytest.fixture(scope="session")
-def glance_server(tmp_path_factory):
-    """A glance-api with the plugin at its defaults."""
-    _require_glance()
-    srv = DevServer(str(tmp_path_factory.mktemp("glance")), threads=8)
+@contextlib.contextmanager
+def running(srv):
+    """``srv`` (a DevServer) started, and stopped at the end."""
     srv.start()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+def pid_gone(pid):
+    """No process ``pid`` any more (a zombie is not gone yet)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.fixture(scope="session")
+def glance_server(tmp_path_factory):
+    """A glance-api with the plugin at its defaults."""
+    _require_glance()
+    with running(DevServer(str(tmp_path_factory.mktemp("glance")), threads=8)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -268,6 +279,16 @@ class Api:
                 return img
             time.sleep(0.2)
         raise AssertionError(f"image {image_id} still {img['status']} after {timeout}s")
+
+    def stage_import(self, image_id, archive):
+        """Upload ``archive`` to the image's staging area, then start its
+        ``docker-convert`` import (both calls must be accepted)."""
+        with open(archive, "rb") as f:
+            status, _, body = self.request("PUT", f"/v2/images/{image_id}/stage", raw=f.read())
+        assert status == 204, body
+        status, _, body = self.request("POST", f"/v2/images/{image_id}/import",
+                                       {"method": {"name": "docker-convert"}})
+        assert status == 202, body
 
     def task_of(self, image_id):
         admin = Api(self.server, "admin")

@@ -11,7 +11,7 @@ import pytest
 
 from devcloud.glance_dev import DevServer
 from docker_rootfs.archive import open_image
-from tests.glance.conftest import Api, cli_image_id, run_glance_cli, staging_leftovers
+from tests.glance.conftest import Api, cli_image_id, run_glance_cli, running, staging_leftovers
 
 pytestmark = [pytest.mark.glance, pytest.mark.tools]
 
@@ -231,12 +231,8 @@ def test_without_marker_archive_untouched(glance_server, glance_archives, api):
 
 @pytest.fixture(scope="module")
 def mysql_server(tmp_path_factory, mariadb):
-    srv = DevServer(str(tmp_path_factory.mktemp("glance-mysql")), database=mariadb())
-    srv.start()
-    try:
+    with running(DevServer(str(tmp_path_factory.mktemp("glance-mysql")), database=mariadb())) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_parallel_imports(mysql_server, glance_archives, big_archive):
@@ -286,12 +282,7 @@ def _stage_and_import(api, archive, delivery="share", image_id=None, extra=None)
         status, _, img = api.request("POST", "/v2/images", body)
         assert status == 201, img
         image_id = img["id"]
-    with open(archive, "rb") as f:
-        status, _, body = api.request("PUT", f"/v2/images/{image_id}/stage", raw=f.read())
-    assert status == 204, body
-    status, _, body = api.request("POST", f"/v2/images/{image_id}/import",
-                                  {"method": {"name": "docker-convert"}})
-    assert status == 202, body
+    api.stage_import(image_id, archive)
     return image_id
 
 
@@ -339,13 +330,9 @@ def strict_server(tmp_path_factory, small_tmpfs):
     opts = {"progress_interval": 1}
     if small_tmpfs:
         opts["temp_dir"] = small_tmpfs
-    srv = DevServer(str(tmp_path_factory.mktemp("glance-strict")), convert_opts=opts,
-                    limits={"max_layers": 2})
-    srv.start()
-    try:
+    with running(DevServer(str(tmp_path_factory.mktemp("glance-strict")), convert_opts=opts,
+                           limits={"max_layers": 2})) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_limit_exceeded(strict_server, glance_archives):

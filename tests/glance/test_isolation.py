@@ -17,6 +17,7 @@ import pytest
 from docker_rootfs.disk.options import DiskOptions
 from docker_rootfs.limits import Limits
 from glance_docker_import import converter, workdir
+from tests.glance.conftest import pid_gone
 from tests.glance.slow_archive import build_zero_archive
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,14 +58,6 @@ def _run(child, on_progress=None):
         return exc, seen
 
 
-def _gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_child_converts_and_reports_progress(tmp_path, glance_archives):
     child = _child(glance_archives["docker"], tmp_path / "wd",
                    converter.Settings(address_space_mib=4096, cpu_seconds=600, open_files=256,
@@ -76,7 +69,7 @@ def test_child_converts_and_reports_progress(tmp_path, glance_archives):
     assert json.loads(result["properties"]["docker_cmd"]) == ["cat /app/hello.txt"]
     assert seen[0] == (0.0, "reading archive") and seen[-1] == (1.0, "done")
     assert [f for f, _ in seen] == sorted(f for f, _ in seen)
-    assert child.proc.returncode == 0 and _gone(child.pid)
+    assert child.proc.returncode == 0 and pid_gone(child.pid)
     assert "converting image img-1" in (tmp_path / "wd" / "converter.log").read_text()
 
 
@@ -116,7 +109,7 @@ def test_killed_or_crashed_child(tmp_path, zeros, sig):
     exc, _ = _run(child, lambda f, m: os.kill(child.pid, sig))
     assert isinstance(exc, converter.ConversionFailed)
     assert str(exc) == "conversion killed by signal %d (%s)" % (sig, sig.name)
-    assert _gone(child.pid)
+    assert pid_gone(child.pid)
 
 
 def test_kill_stops_the_whole_process_group(tmp_path, zeros):
@@ -125,7 +118,7 @@ def test_kill_stops_the_whole_process_group(tmp_path, zeros):
     exc, _ = _run(child, lambda f, m: child.kill("import task is failure"))
     assert isinstance(exc, converter.ConversionFailed) and exc.kind == "aborted"
     assert str(exc) == "import task is failure"
-    assert _gone(child.pid)
+    assert pid_gone(child.pid)
 
 
 PARENT = textwrap.dedent("""\
@@ -161,9 +154,9 @@ def test_parent_killed_child_dies_and_dir_is_swept(tmp_path, zeros):
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 30
-        while not _gone(child_pid) and time.monotonic() < deadline:
+        while not pid_gone(child_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _gone(child_pid), "the conversion child outlived its parent"
+        assert pid_gone(child_pid), "the conversion child outlived its parent"
     finally:
         parent.kill()
         parent.wait()

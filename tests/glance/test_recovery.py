@@ -16,7 +16,7 @@ import pytest
 
 from devcloud.glance_dev import DevServer
 from glance_docker_import import recovery
-from tests.glance.conftest import Api
+from tests.glance.conftest import Api, pid_gone, running
 from tests.glance.slow_archive import build_zero_archive
 
 pytestmark = [pytest.mark.glance, pytest.mark.tools, pytest.mark.slow]
@@ -38,15 +38,6 @@ def _create(api, delivery="share"):
         "docker_delivery": delivery})
     assert status == 201, img
     return img["id"]
-
-
-def _stage_import(api, image_id, archive):
-    with open(archive, "rb") as f:
-        status, _, body = api.request("PUT", f"/v2/images/{image_id}/stage", raw=f.read())
-    assert status == 204, body
-    status, _, body = api.request("POST", f"/v2/images/{image_id}/import",
-                                  {"method": {"name": "docker-convert"}})
-    assert status == 202, body
 
 
 def _workdirs(base, image_id=None):
@@ -79,14 +70,6 @@ def _child_pid(base, image_id):
     return _wait_for("the conversion child", lambda: (_meta(base, image_id) or {}).get("child_pid"))
 
 
-def _gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def _children(pid):
     out = []
     for d in os.listdir("/proc"):
@@ -115,7 +98,7 @@ def _check_queued(api, image_id, needle):
 
 
 def _reimport_works(api, image_id, archive):
-    _stage_import(api, image_id, archive)
+    api.stage_import(image_id, archive)
     img = api.wait(image_id, timeout=180)
     assert img["status"] == "active", api.task_of(image_id)
     assert img["docker_delivery"] == "share"
@@ -123,19 +106,15 @@ def _reimport_works(api, image_id, archive):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = DevServer(str(tmp_path_factory.mktemp("glance-recovery")), limits=LIMITS,
-                    convert_opts={"progress_interval": 1})
-    srv.start()
-    try:
+    with running(DevServer(str(tmp_path_factory.mktemp("glance-recovery")), limits=LIMITS,
+                           convert_opts={"progress_interval": 1})) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_killed_child(server, zeros, glance_archives):
     api = Api(server)
     image_id = _create(api)
-    _stage_import(api, image_id, zeros)
+    api.stage_import(image_id, zeros)
     pid = _child_pid(server.staging_dir, image_id)
     os.kill(pid, signal.SIGKILL)
     _check_queued(api, image_id, "conversion killed by signal 9 (SIGKILL)")
@@ -149,13 +128,13 @@ def test_killed_child(server, zeros, glance_archives):
 def test_image_deleted_while_converting_stops_the_child(server, zeros):
     api = Api(server)
     image_id = _create(api)
-    _stage_import(api, image_id, zeros)
+    api.stage_import(image_id, zeros)
     pid = _child_pid(server.staging_dir, image_id)
     status, _, body = api.request("DELETE", f"/v2/images/{image_id}")
     assert status == 204, body
     # The heartbeat (every progress_interval) notices and kills the child
     # long before its 4 GiB are through.
-    _wait_for("the child to be killed", lambda: _gone(pid), timeout=60)
+    _wait_for("the child to be killed", lambda: pid_gone(pid), timeout=60)
     _wait_for("the work directory to go", lambda: not _workdirs(server.staging_dir, image_id),
               timeout=60)
     assert [n for n in os.listdir(server.staging_dir) if image_id in n] == []
@@ -168,7 +147,7 @@ def test_kill9_glance_api_then_restart(tmp_path, zeros, glance_archives):
     try:
         api = Api(srv)
         image_id = _create(api)
-        _stage_import(api, image_id, zeros)
+        api.stage_import(image_id, zeros)
         child = _child_pid(srv.staging_dir, image_id)
         workdir = os.path.join(srv.staging_dir, _workdirs(srv.staging_dir, image_id)[0])
         _wait_for("scratch data", lambda: os.path.exists(os.path.join(workdir, "share.tar")))
@@ -178,7 +157,7 @@ def test_kill9_glance_api_then_restart(tmp_path, zeros, glance_archives):
         srv.proc.wait()
         srv.proc = None
         # The child notices its parent is gone and kills its process group.
-        _wait_for("the orphaned child to die", lambda: _gone(child), timeout=30)
+        _wait_for("the orphaned child to die", lambda: pid_gone(child), timeout=30)
         assert os.path.isdir(workdir)                  # left behind, for now
         assert api_image_status_offline(srv, image_id) == "importing"
         srv.start()                                    # the sweep runs at start-up
@@ -224,13 +203,9 @@ def full_tmpfs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_server(tmp_path_factory, full_tmpfs):
-    srv = DevServer(str(tmp_path_factory.mktemp("glance-full")),
-                    convert_opts={"temp_dir": full_tmpfs, "progress_interval": 1})
-    srv.start()
-    try:
+    with running(DevServer(str(tmp_path_factory.mktemp("glance-full")),
+                           convert_opts={"temp_dir": full_tmpfs, "progress_interval": 1})) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +259,7 @@ def test_disk_full_at_each_stage(full_server, full_tmpfs, big_archive, gz_big_ar
     api = Api(full_server)
     image_id = _create(api, delivery="disk")
     archive = gz_big_archive if stage == "decompressed copy" else big_archive
-    _stage_import(api, image_id, archive)
+    api.stage_import(image_id, archive)
     pid = _child_pid(full_tmpfs, image_id)
     workdir = os.path.join(full_tmpfs, _workdirs(full_tmpfs, image_id)[0])
     _wait_for(stage, lambda: _marker(stage, workdir), step=0.002)
