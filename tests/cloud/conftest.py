@@ -195,36 +195,49 @@ def _mounts_under(path):
                 if line.split()[4] == path or line.split()[4].startswith(path + "/")]
 
 
-@pytest.fixture(scope="session")
-def cloud():
+def cloud_session(client_class, state_env, state_prefix, port_env, default_port,
+                  check=None, skip_errors=(), access_log=False, **cloud_kwargs):
+    """The body of a session fixture bringing a development cloud up (a
+    generator: ``yield from`` it). State dir ``$state_env`` (kept and reused)
+    or a fresh ``/tmp/<state_prefix>*`` (removed at the end, or at once on a
+    skip); ports from ``$port_env`` (default ``default_port``); ``check(cloud)``
+    after the cloud's prerequisites (a CloudError, or one of
+    ``skip_errors``, skips); ``access_log``: gunicorn's access log in
+    STATE/log/<service>.out for the services this up starts. Yields
+    ``client_class(cloud, seconds up took)``. At the end: ``down`` and the
+    checks that no process or mount is left (nothing is stopped with
+    ``$state_env`` and ``DEVCLOUD_TEST_KEEP=1``)."""
     from devcloud.cloud import Cloud, CloudError
     if os.geteuid() != 0:
         pytest.skip("the development cloud needs root (libvirtd, mounts)")
-    given = os.environ.get("DEVCLOUD_TEST_STATE")
-    state = given or tempfile.mkdtemp(prefix="d2v-cloud-", dir="/tmp")
+    given = os.environ.get(state_env)
+    state = given or tempfile.mkdtemp(prefix=state_prefix, dir="/tmp")
     os.environ.setdefault("DEVCLOUD_CACHE", os.path.join(TOP, ".cache", "devcloud"))
-    c = Cloud(state, port_base=int(os.environ.get("DEVCLOUD_TEST_PORT_BASE", "29700")),
-              log=lambda m: print(f"[devcloud] {m}", flush=True))
+    c = Cloud(state, port_base=int(os.environ.get(port_env, str(default_port))),
+              log=lambda m: print(f"[devcloud] {m}", flush=True), **cloud_kwargs)
     try:
         c.check_prerequisites()
-    except CloudError as exc:
+        if check is not None:
+            check(c)
+    except (CloudError, *skip_errors) as exc:
+        if not given:
+            shutil.rmtree(state, ignore_errors=True)
         pytest.skip(str(exc))
     keep = bool(given) and os.environ.get("DEVCLOUD_TEST_KEEP") == "1"
-    # gunicorn's access log to stdout, i.e. STATE/log/<service>.out: which
-    # requests reached Glance (CloudClient.glance_downloads). Only for
-    # services this up starts; a kept cloud's running ones stay as they are.
     saved = os.environ.get("GUNICORN_CMD_ARGS")
-    os.environ["GUNICORN_CMD_ARGS"] = "--access-logfile -"
+    if access_log:
+        os.environ["GUNICORN_CMD_ARGS"] = "--access-logfile -"
     try:
         t0 = time.monotonic()
         try:
             c.up()
         finally:
-            if saved is None:
-                del os.environ["GUNICORN_CMD_ARGS"]
-            else:
-                os.environ["GUNICORN_CMD_ARGS"] = saved
-        client = CloudClient(c, time.monotonic() - t0)
+            if access_log:
+                if saved is None:
+                    del os.environ["GUNICORN_CMD_ARGS"]
+                else:
+                    os.environ["GUNICORN_CMD_ARGS"] = saved
+        client = client_class(c, time.monotonic() - t0)
         yield client
     finally:
         left = mounts = None
@@ -236,6 +249,15 @@ def cloud():
                 shutil.rmtree(c.state, ignore_errors=True)
     assert not left, f"processes left after down: {left}"
     assert not mounts, f"mounts left after down: {mounts}"
+
+
+@pytest.fixture(scope="session")
+def cloud():
+    # gunicorn's access log to stdout, i.e. STATE/log/<service>.out: which
+    # requests reached Glance (CloudClient.glance_downloads). Only for
+    # services this up starts; a kept cloud's running ones stay as they are.
+    yield from cloud_session(CloudClient, "DEVCLOUD_TEST_STATE", "d2v-cloud-",
+                             "DEVCLOUD_TEST_PORT_BASE", 29700, access_log=True)
 
 
 def pytest_collection_modifyitems(session, config, items):

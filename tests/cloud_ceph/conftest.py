@@ -10,25 +10,21 @@ the checks that no process or mount is left, then the state dir is removed
 (kept, and reused by the next run, when ``$DEVCLOUD_CEPH_TEST_STATE`` is
 given; ``DEVCLOUD_TEST_KEEP=1`` with it leaves the cloud running).
 
-The podman-built ``lifecycle_archive`` and the CLI helpers are the
-local-disk cloud tests' (tests/cloud/conftest.py).
+The podman-built ``lifecycle_archive``, the CLI helpers and the fixture's
+body (``cloud_session``) are the local-disk cloud tests'
+(tests/cloud/conftest.py).
 """
 
 import json
 import os
-import shutil
-import tempfile
-import time
 
 import pytest
 
 from tests.cloud.conftest import (
     CloudClient,
-    _mounts_under,
+    cloud_session,
     lifecycle_archive,  # noqa: F401  (a fixture, used by name)
 )
-
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class CephCloudClient(CloudClient):
@@ -48,41 +44,17 @@ class CephCloudClient(CloudClient):
         return json.loads(self.ceph.rbd("snap", "ls", "--format=json", f"{pool}/{name}"))
 
 
+def _check_ceph(cloud):
+    from devcloud.ceph import Ceph
+    cloud.ceph.check_prerequisites()
+    assert isinstance(cloud.ceph, Ceph)
+
+
 @pytest.fixture(scope="session")
 def ceph_cloud():
-    from devcloud.ceph import Ceph
-    from devcloud.cloud import Cloud, CloudError
-    if os.geteuid() != 0:
-        pytest.skip("the development cloud needs root (libvirtd, mounts)")
-    given = os.environ.get("DEVCLOUD_CEPH_TEST_STATE")
-    state = given or tempfile.mkdtemp(prefix="d2v-ceph-", dir="/tmp")
-    os.environ.setdefault("DEVCLOUD_CACHE", os.path.join(TOP, ".cache", "devcloud"))
-    c = Cloud(state, port_base=int(os.environ.get("DEVCLOUD_CEPH_TEST_PORT_BASE", "29200")),
-              log=lambda m: print(f"[devcloud] {m}", flush=True), ceph=True)
-    try:
-        c.check_prerequisites()
-        c.ceph.check_prerequisites()
-    except (CloudError, RuntimeError) as exc:
-        if not given:
-            shutil.rmtree(state, ignore_errors=True)
-        pytest.skip(str(exc))
-    assert isinstance(c.ceph, Ceph)
-    keep = bool(given) and os.environ.get("DEVCLOUD_TEST_KEEP") == "1"
-    try:
-        t0 = time.monotonic()
-        c.up()
-        client = CephCloudClient(c, time.monotonic() - t0)
-        yield client
-    finally:
-        left = mounts = None
-        if not keep:
-            c.down()
-            left = c.leftover_processes()
-            mounts = _mounts_under(c.state)
-            if not given:
-                shutil.rmtree(c.state, ignore_errors=True)
-    assert not left, f"processes left after down: {left}"
-    assert not mounts, f"mounts left after down: {mounts}"
+    yield from cloud_session(CephCloudClient, "DEVCLOUD_CEPH_TEST_STATE", "d2v-ceph-",
+                             "DEVCLOUD_CEPH_TEST_PORT_BASE", 29200, check=_check_ceph,
+                             skip_errors=(RuntimeError,), ceph=True)
 
 
 def pytest_collection_modifyitems(session, config, items):
