@@ -206,7 +206,11 @@ def line_coverage(workdir, names):
 
 
 def repro(target_name, paths):
-    from fuzz import targets
+    import resource
+
+    from fuzz import engine, targets
+    # the fuzzing process's address-space limit, so memory blow-ups replay too
+    resource.setrlimit(resource.RLIMIT_AS, (engine.ADDRESS_SPACE, engine.ADDRESS_SPACE))
     targets.configure()
     sandbox = targets.Sandbox()
     bad = 0

@@ -34,6 +34,14 @@ class LayerTarError(errors.ArchiveError):
 # One header block: name mode uid gid size mtime chksum type linkname
 # (magic, version) uname gname devmajor devminor prefix.
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8x32s32s8s8s155s12x")
+# Headers whose body tarfile reads whole (PAX extended and global, Solaris
+# extended, GNU long name and long link), and the most a body may hold: paths
+# are at most max_path_length (4 KiB by default) and the xattrs of one inode
+# fit in a 4 KiB block, so real bodies are far smaller; GNU sparse 0.x maps
+# (PAX GNU.sparse.map) of very fragmented files are the largest legitimate ones.
+_EXTENDED_TYPES = frozenset((tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK))
+MAX_EXTENDED_HEADER = 8 * 1024 * 1024
 _PLAIN_TYPES = frozenset((tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE,
                           tarfile.BLKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.CONTTYPE))
 
@@ -100,6 +108,17 @@ class FastTarInfo(tarfile.TarInfo):
         if prefix:
             obj.name = prefix + "/" + obj.name
         return obj
+
+
+    def _proc_member(self, tarfile_):
+        """tarfile reads a PAX or GNU long-name header's whole body into
+        memory at once: bound it first (a body of 4 GiB was a MemoryError
+        under the conversion's address-space limit; found by fuzzing)."""
+        if self.type in _EXTENDED_TYPES and not 0 <= self.size <= MAX_EXTENDED_HEADER:
+            raise LayerTarError(
+                f"tar header at byte {self.offset}: extended header ({self.type.decode(errors='replace')!r}) "
+                f"of {self.size} bytes (at most {MAX_EXTENDED_HEADER} allowed)")
+        return super()._proc_member(tarfile_)
 
 
 class _StrictTarInfo(FastTarInfo):

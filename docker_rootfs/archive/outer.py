@@ -16,6 +16,7 @@ import tempfile
 
 from docker_rootfs import errors
 from docker_rootfs.archive import streams
+from docker_rootfs.archive.layertar import FastTarInfo
 from docker_rootfs.limits import MAX_SYMLINK_HOPS
 
 LOG = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class OuterArchive:
         try:
             with os.fdopen(os.dup(self._fd), "rb") as f:
                 f.seek(0)  # a dup shares the offset the decompression left at the end
-                tf = tarfile.open(fileobj=f, mode="r:")
+                tf = tarfile.open(fileobj=f, mode="r:", tarinfo=FastTarInfo)
                 for m in iter(tf.next, None):
                     count += 1
                     if count > self.limits.max_archive_entries:

@@ -321,13 +321,14 @@ def test_outer_archive_cut_sparse_extension(tmp_path):
 
 def test_tarscan_gnu_longname_of_impossible_size(tmp_path):
     """Found by the `tarscan` target in the campaign: a GNU long-name
-    header claiming 2**70 bytes was tarfile's OverflowError."""
+    header claiming 2**70 bytes was tarfile's OverflowError (now refused
+    before tarfile reads it, as any extended header over 8 MiB)."""
     ti = tarfile.TarInfo("././@LongLink")
     ti.type = tarfile.GNUTYPE_LONGNAME
     ti.size = 2 ** 70
     path = tmp_path / "rootfs.tar"
     path.write_bytes(ti.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
-    with pytest.raises(errors.ArchiveError, match="cannot read the flattened tar"):
+    with pytest.raises(errors.ArchiveError, match="extended header"):
         tarscan.scan(str(path))
 
 
@@ -405,3 +406,49 @@ def test_layer_old_gnu_sparse_offset_below_zero(tmp_path, compression):
     back`."""
     from fuzz.targets import build_archive
     assert "negative stored size" in refuse(tmp_path, build_archive([(compression, _old_gnu_sparse_crash())]))
+
+
+def huge_extended_header_tar(type_=tarfile.XHDTYPE, size=2 ** 32 + 22):
+    """A PAX (or GNU long-name) header announcing a body of ``size`` bytes
+    (the fuzzer's: 4 GiB + 22, octal 40000000026), then a small real body
+    and a member."""
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = type_, size
+    body = b"22 path=aaaaaaaaaaaaa\n" if type_ != tarfile.GNUTYPE_LONGNAME else b"a" * 13 + b"\0"
+    member = tarfile.TarInfo("f")
+    member.size = 1
+    return (head.tobuf(tarfile.GNU_FORMAT) + body.ljust(512, b"\0")
+            + member.tobuf(tarfile.USTAR_FORMAT) + b"x".ljust(512, b"\0") + bytes(1024))
+
+
+EXTENDED_CASES = {
+    "pax-4GiB": (tarfile.XHDTYPE, 2 ** 32 + 22),
+    "pax-global-4GiB": (tarfile.XGLTYPE, 2 ** 32 + 22),
+    "gnu-longname-4GiB": (tarfile.GNUTYPE_LONGNAME, 2 ** 32 + 22),
+    "pax-negative": (tarfile.XHDTYPE, -512),
+}
+
+
+@pytest.mark.parametrize("case", EXTENDED_CASES, ids=list(EXTENDED_CASES))
+def test_tarscan_huge_extended_header(tmp_path, case):
+    """Found by the `tarscan` target (this session's campaign): tarfile
+    reads a PAX header's whole body into memory at once, so a body size of
+    4 GiB was a MemoryError under the fuzzing process's address-space limit
+    (the conversion child has one too). Now bounded before the read, in all
+    three tar readers (8 MiB: far above any real header)."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(huge_extended_header_tar(*EXTENDED_CASES[case]))
+    with pytest.raises(errors.ArchiveError, match="extended header"):
+        tarscan.scan(str(path))
+
+
+@pytest.mark.parametrize("case", EXTENDED_CASES, ids=list(EXTENDED_CASES))
+def test_outer_archive_huge_extended_header(tmp_path, case):
+    assert "extended header" in refuse(tmp_path, huge_extended_header_tar(*EXTENDED_CASES[case]))
+
+
+@pytest.mark.parametrize("case", EXTENDED_CASES, ids=list(EXTENDED_CASES))
+def test_layer_huge_extended_header(tmp_path, case):
+    from fuzz.targets import build_archive
+    assert "extended header" in refuse(tmp_path, build_archive([("gzip", huge_extended_header_tar(
+        *EXTENDED_CASES[case]))]))
