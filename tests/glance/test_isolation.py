@@ -21,6 +21,9 @@ from tests.glance.conftest import pid_gone
 from tests.glance.slow_archive import build_zero_archive
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Glance's ids are UUIDs; the sweep only considers work directories named after them.
+IMAGE = "0c6d1f8e-1b38-4f7b-9c5b-3c3d0f5f2a11"
+TASK = "5d4f3c2b-aaaa-bbbb-cccc-123456789abc"
 pytestmark = [pytest.mark.tools, pytest.mark.slow]
 
 
@@ -127,8 +130,8 @@ PARENT = textwrap.dedent("""\
     from docker_rootfs.disk.options import DiskOptions
     from glance_docker_import import converter, workdir
     base, src = sys.argv[1], sys.argv[2]
-    wd = workdir.WorkDir.create(base, "img-2", "task-2", meta={"src": src})
-    job = {"image_id": "img-2", "task_id": "task-2", "src": src, "workdir": wd.path,
+    wd = workdir.WorkDir.create(base, sys.argv[3], sys.argv[4], meta={"src": src})
+    job = {"image_id": sys.argv[3], "task_id": sys.argv[4], "src": src, "workdir": wd.path,
            "delivery": "share", "normalize_share": False,
            "limits": dataclasses.asdict(Limits(max_compression_ratio=10 ** 9)),
            "disk": dataclasses.asdict(DiskOptions())}
@@ -145,7 +148,7 @@ def test_parent_killed_child_dies_and_dir_is_swept(tmp_path, zeros):
     lock is free, so a sweep removes it and reports its meta."""
     base = tmp_path / "base"
     base.mkdir()
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(base), zeros],
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(base), zeros, IMAGE, TASK],
                               stdout=subprocess.PIPE, text=True, cwd=TOP)
     try:
         child_pid = int(parent.stdout.readline())
@@ -161,22 +164,23 @@ def test_parent_killed_child_dies_and_dir_is_swept(tmp_path, zeros):
         parent.kill()
         parent.wait()
     dead = []
-    assert workdir.sweep(str(base), on_dead=dead.append) == ["docker2vm-img-2-task-2"]
+    assert workdir.sweep(str(base), on_dead=dead.append) == [workdir.dir_name(IMAGE, TASK)]
     assert os.listdir(base) == []
-    assert dead[0]["image_id"] == "img-2" and dead[0]["src"] == zeros
+    assert dead[0]["image_id"] == IMAGE and dead[0]["src"] == zeros
 
 
 def test_workdir_lock_and_sweep(tmp_path):
-    wd = workdir.WorkDir.create(str(tmp_path), "img", "task", meta={"x": 1})
-    (tmp_path / "docker2vm-unrelated").mkdir()           # no lock, no meta, fresh
+    wd = workdir.WorkDir.create(str(tmp_path), IMAGE, TASK, meta={"x": 1})
+    stale = workdir.dir_name(IMAGE, "6d4f3c2b-aaaa-bbbb-cccc-123456789abc")
+    (tmp_path / stale).mkdir()                            # no lock, no meta, fresh
     (tmp_path / "other-file").write_text("not ours")
     assert workdir.sweep(str(tmp_path)) == []             # live one held, fresh one spared
     assert workdir.read_meta(wd.path)["x"] == 1
     wd.update_meta({"y": 2})
     assert workdir.read_meta(wd.path) == dict(workdir.read_meta(wd.path), x=1, y=2)
     old = time.time() - 2 * workdir.CREATION_GRACE
-    os.utime(tmp_path / "docker2vm-unrelated", (old, old))
-    assert workdir.sweep(str(tmp_path)) == ["docker2vm-unrelated"]
+    os.utime(tmp_path / stale, (old, old))
+    assert workdir.sweep(str(tmp_path)) == [stale]
     out = tmp_path / os.path.basename(wd.path) / "out.qcow2"
     out.write_bytes(b"x")
     wd.remove_when_gone(str(out), poll=0.05)
