@@ -208,7 +208,7 @@ def test_dead_work_directory_is_swept_live_one_is_not(tmp_path, glance_archives)
     # conversion starts; a live import's (lock held) stays.
     task, image, tasks, staged = _setup(tmp_path, {"docker_delivery": "share"})
     staged.write_bytes(open(glance_archives["docker"], "rb").read())
-    dead = tmp_path / "docker2vm-11111111-2222-3333-4444-555555555555-deadbeef"
+    dead = tmp_path / "docker2vm-11111111-2222-3333-4444-555555555555-deadbeef-2222-3333-4444-555555555555"
     dead.mkdir()
     (dead / ".lock").write_bytes(b"")
     (dead / "rootfs.tar").write_bytes(b"x")
