@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -36,10 +37,20 @@ LOCK = ".lock"
 META = "meta.json"
 # A directory without meta.json younger than this may be in creation.
 CREATION_GRACE = 60.0
+# Glance's image and task ids are UUIDs: the sweep only considers names made
+# by dir_name(), never the CLI's docker2vm-disk-*, docker2vm-bundle-* or
+# docker2vm-run-* directories that may share temp_dir.
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_NAME = re.compile(r"%s%s-%s\Z" % (re.escape(PREFIX), _UUID, _UUID))
 
 
 def dir_name(image_id, task_id):
     return "%s%s-%s" % (PREFIX, image_id, task_id)
+
+
+def is_work_dir_name(name):
+    """Is ``name`` what :func:`dir_name` makes from an image and a task id?"""
+    return _NAME.match(name) is not None
 
 
 class WorkDir:
@@ -146,7 +157,8 @@ def _remove_if_unlocked(path, on_dead=None):
 
 
 def sweep(base, on_dead=None):
-    """Remove every work directory in ``base`` that no live import holds.
+    """Remove every work directory in ``base`` (a name :func:`dir_name`
+    makes; anything else is left alone) that no live import holds.
 
     ``on_dead(meta)`` is called first for each one (with its meta.json).
     Returns the names removed."""
@@ -157,7 +169,7 @@ def sweep(base, on_dead=None):
         return removed
     for name in sorted(names):
         path = os.path.join(base, name)
-        if not name.startswith(PREFIX) or not os.path.isdir(path) or os.path.islink(path):
+        if not is_work_dir_name(name) or not os.path.isdir(path) or os.path.islink(path):
             continue
         if _remove_if_unlocked(path, on_dead):
             LOG.warning("docker-convert: removed the work directory %s of an import "
