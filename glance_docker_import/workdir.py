@@ -9,7 +9,10 @@ directory's ``.lock`` file from creation until the directory is removed;
 the kernel drops that lock when the process dies, however it dies
 (``kill -9`` included). :func:`sweep` removes exactly the directories
 whose lock is free, so it never touches a live import, in this process or
-in any other glance-api worker sharing the directory.
+in any other glance-api worker sharing the directory. A directory is
+removed by renaming it to a hidden name first, so a sweep never finds one
+half removed (without its ``.lock``) and takes it for a dead import; a
+directory without ``.lock`` counts as dead only after ``CREATION_GRACE``.
 
 ``meta.json`` in the directory names the image and task and what the
 import changed on the image, so the sweeper can also give the image back
@@ -42,6 +45,10 @@ CREATION_GRACE = 60.0
 # docker2vm-run-* directories that may share temp_dir.
 _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _NAME = re.compile(r"%s%s-%s\Z" % (re.escape(PREFIX), _UUID, _UUID))
+# A work directory being removed is first renamed to REMOVING + its name +
+# "." + a random suffix, a name the recovery never looks at (hidden).
+REMOVING = ".removing-"
+_HIDDEN = re.compile(r"\.removing-%s%s-%s\.[A-Za-z0-9_]+\Z" % (re.escape(PREFIX), _UUID, _UUID))
 
 
 def dir_name(image_id, task_id):
@@ -94,11 +101,12 @@ class WorkDir:
         return self._lock_fd is not None
 
     def remove(self):
-        """Remove the directory and everything in it, then drop the lock."""
+        """Remove the directory and everything in it, then drop the lock
+        (see :func:`_discard`: a sweep never sees it half removed)."""
         with self._mutex:
             if self._lock_fd is None:
                 return
-            shutil.rmtree(self.path, ignore_errors=True)
+            _discard(self.path)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -122,6 +130,33 @@ def read_meta(path):
         return None
 
 
+def _age(path):
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _discard(path):
+    """Delete the directory ``path``: first rename it to a hidden name in
+    the same directory (one atomic step: a sweep sees either the whole work
+    directory, locked, or nothing), then delete that. If the rename fails,
+    delete in place, meta.json first (without it and without .lock a young
+    directory is left alone by the sweep)."""
+    parent, name = os.path.split(path)
+    hidden = os.path.join(parent, "%s%s.%s" % (REMOVING, name, os.urandom(6).hex()))
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        LOG.warning("docker-convert: cannot rename %s before removing it: %s", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(path, META))
+        hidden = path
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def _remove_if_unlocked(path, on_dead=None):
     """Remove ``path`` if no live process holds its lock. Returns True if
     removed (or already gone)."""
@@ -139,18 +174,26 @@ def _remove_if_unlocked(path, on_dead=None):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False          # a live import
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                return False          # removed meanwhile (by its import or another sweep)
+        elif _age(path) < CREATION_GRACE:
+            # No lock: being created or removed right now (never a dead
+            # import's directory before the grace period is over).
+            return False
         meta = read_meta(path)
-        if meta is None:
-            with contextlib.suppress(OSError):
-                if time.time() - os.stat(path).st_mtime < CREATION_GRACE:
-                    return False      # being created right now
+        if meta is None and _age(path) < CREATION_GRACE:
+            return False              # being created right now
         if on_dead is not None and meta:
             try:
                 on_dead(meta)
             except Exception:
                 LOG.exception("docker-convert: recovering the import in %s failed", path)
-        shutil.rmtree(path, ignore_errors=True)
-        return not os.path.exists(path)
+        _discard(path)
+        return not os.path.lexists(path)
     finally:
         if fd is not None:
             os.close(fd)
@@ -169,7 +212,15 @@ def sweep(base, on_dead=None):
         return removed
     for name in sorted(names):
         path = os.path.join(base, name)
-        if not is_work_dir_name(name) or not os.path.isdir(path) or os.path.islink(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if _HIDDEN.match(name):
+            # Left half removed by a process that died: nothing to recover.
+            if _age(path) >= CREATION_GRACE and _remove_if_unlocked(path):
+                LOG.info("docker-convert: removed %s, left half removed", path)
+                removed.append(name)
+            continue
+        if not is_work_dir_name(name):
             continue
         if _remove_if_unlocked(path, on_dead):
             LOG.warning("docker-convert: removed the work directory %s of an import "
