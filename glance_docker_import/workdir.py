@@ -9,10 +9,12 @@ directory's ``.lock`` file from creation until the directory is removed;
 the kernel drops that lock when the process dies, however it dies
 (``kill -9`` included). :func:`sweep` removes exactly the directories
 whose lock is free, so it never touches a live import, in this process or
-in any other glance-api worker sharing the directory. A directory is
-removed by renaming it to a hidden name first, so a sweep never finds one
-half removed (without its ``.lock``) and takes it for a dead import; a
-directory without ``.lock`` counts as dead only after ``CREATION_GRACE``.
+in any other glance-api worker sharing the directory. A directory is made
+(locked, meta.json written) under a hidden name and renamed when complete,
+and renamed to a hidden name before it is deleted, so a sweep never finds
+one half made or half removed (without its ``.lock``) and takes it for a
+dead import; a directory without ``.lock`` counts as dead only after
+``CREATION_GRACE``. A failed creation (a full file system) leaves nothing.
 
 ``meta.json`` in the directory names the image and task and what the
 import changed on the image, so the sweeper can also give the image back
@@ -30,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 
@@ -45,10 +48,14 @@ CREATION_GRACE = 60.0
 # docker2vm-run-* directories that may share temp_dir.
 _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _NAME = re.compile(r"%s%s-%s\Z" % (re.escape(PREFIX), _UUID, _UUID))
-# A work directory being removed is first renamed to REMOVING + its name +
-# "." + a random suffix, a name the recovery never looks at (hidden).
+# A work directory is made under CREATING + its name + "." + a random
+# suffix, and renamed to REMOVING + ... before it is deleted: hidden names the
+# recovery never looks at; the sweep deletes them once they are older than
+# CREATION_GRACE and unlocked (their process died half way).
+CREATING = ".creating-"
 REMOVING = ".removing-"
-_HIDDEN = re.compile(r"\.removing-%s%s-%s\.[A-Za-z0-9_]+\Z" % (re.escape(PREFIX), _UUID, _UUID))
+_HIDDEN = re.compile(r"\.(creating|removing)-%s%s-%s\.[A-Za-z0-9_]+\Z"
+                     % (re.escape(PREFIX), _UUID, _UUID))
 
 
 def dir_name(image_id, task_id):
@@ -71,18 +78,31 @@ class WorkDir:
 
     @classmethod
     def create(cls, base, image_id, task_id, meta=None):
-        path = os.path.join(base, dir_name(image_id, task_id))
+        """Make, lock and describe the directory under a hidden name (see
+        ``CREATING``), then rename it: a sweep never sees it unlocked or
+        without meta.json, and nothing is left if any step fails."""
+        name = dir_name(image_id, task_id)
+        path = os.path.join(base, name)
         if os.path.lexists(path):
             # Left by an earlier run of this very task (it cannot be live:
             # the task is ours now); remove it only if its lock is free.
             if not _remove_if_unlocked(path):
                 raise OSError(errno.EBUSY, "work directory is in use", path)
-        os.mkdir(path, 0o700)
-        fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        wd = cls(path, fd)
-        wd.update_meta(dict(meta or {}, image_id=image_id, task_id=task_id,
-                            pid=os.getpid(), created=time.time()))
+        tmp = tempfile.mkdtemp(prefix="%s%s." % (CREATING, name), dir=base)
+        fd = None
+        try:
+            fd = os.open(os.path.join(tmp, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            wd = cls(tmp, fd)
+            wd.update_meta(dict(meta or {}, image_id=image_id, task_id=task_id,
+                                pid=os.getpid(), created=time.time()))
+            os.rename(tmp, path)
+            wd.path = path
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return wd
 
     def file(self, what):
@@ -215,9 +235,10 @@ def sweep(base, on_dead=None):
         if not os.path.isdir(path) or os.path.islink(path):
             continue
         if _HIDDEN.match(name):
-            # Left half removed by a process that died: nothing to recover.
+            # Left half made or half removed by a process that died (or
+            # still being made): nothing to recover.
             if _age(path) >= CREATION_GRACE and _remove_if_unlocked(path):
-                LOG.info("docker-convert: removed %s, left half removed", path)
+                LOG.info("docker-convert: removed %s, left by a process that died", path)
                 removed.append(name)
             continue
         if not is_work_dir_name(name):

@@ -3,8 +3,13 @@ imports (glance_docker_import.recovery) at their edges: what the sweep
 leaves alone, races with a sweep in another glance-api worker, a full
 temporary file system, an image whose data already landed."""
 
+import errno
+import fcntl
 import os
+import threading
 import time
+
+import pytest
 
 from glance_docker_import import workdir
 
@@ -82,11 +87,12 @@ def test_directory_with_meta_but_no_lock_gets_a_grace_period(tmp_path):
     assert [m["task_id"] for m in dead] == [TASK] and not path.exists()
 
 
-def test_sweep_removes_what_a_dead_process_left_half_removed(tmp_path):
-    # A process killed in the middle of WorkDir.remove leaves the renamed
-    # directory: the sweep removes it once it is old (nothing to recover).
+@pytest.mark.parametrize("prefix", [".removing-", ".creating-"])
+def test_sweep_removes_what_a_dead_process_left_half_done(tmp_path, prefix):
+    # A process killed in the middle of WorkDir.remove (or create) leaves the
+    # hidden directory: the sweep removes it once it is old (nothing to recover).
     wd = workdir.WorkDir.create(str(tmp_path), IMAGE, TASK)
-    hidden = tmp_path / (".removing-%s.abc123" % os.path.basename(wd.path))
+    hidden = tmp_path / ("%s%s.abc123" % (prefix, os.path.basename(wd.path)))
     os.rename(wd.path, hidden)
     dead = []
     assert workdir.sweep(str(tmp_path), on_dead=dead.append) == []   # still locked
@@ -96,3 +102,88 @@ def test_sweep_removes_what_a_dead_process_left_half_removed(tmp_path):
     _age(hidden)
     assert workdir.sweep(str(tmp_path), on_dead=dead.append) == [hidden.name]
     assert os.listdir(tmp_path) == [] and dead == []
+
+
+# -- creation: nothing left on failure, the lock never lost to a sweep -------------
+
+def _open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_create_on_a_full_file_system_leaves_nothing(small_tmpfs):
+    # A real 1 MiB tmpfs, filled: the directory and .lock fit (no data
+    # blocks), meta.json does not.
+    if small_tmpfs is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    filler = os.path.join(small_tmpfs, "filler")
+    try:
+        with open(filler, "wb") as f, pytest.raises(OSError) as ei:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        assert ei.value.errno == errno.ENOSPC
+        fds = _open_fds()
+        with pytest.raises(OSError) as ei:
+            workdir.WorkDir.create(small_tmpfs, IMAGE, TASK, meta={"src": "x"})
+        assert ei.value.errno == errno.ENOSPC
+        assert os.listdir(small_tmpfs) == ["filler"]          # no directory left
+        assert _open_fds() == fds                             # no lock fd leaked
+    finally:
+        os.unlink(filler)
+
+
+def test_create_does_not_lose_its_lock_to_a_sweep(tmp_path, monkeypatch):
+    # A sweep in another worker that opens and flocks the new .lock between
+    # create's open and flock (it holds the lock while it reads meta.json)
+    # must not make create fail with EAGAIN ("Resource temporarily
+    # unavailable"), nor remove the new directory.
+    real_open, real_read_meta = os.open, workdir.read_meta
+    sweep_holds, create_tried = threading.Event(), threading.Event()
+    creator = threading.get_ident()
+    swept = []
+
+    def read_meta(path):
+        sweep_holds.set()                     # the sweep has the lock now
+        create_tried.wait(5)
+        return real_read_meta(path)
+
+    def sweep():
+        swept.extend(workdir.sweep(str(tmp_path)))
+
+    def hooked_open(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        if threading.get_ident() == creator and path.endswith("/" + workdir.LOCK) and not swept:
+            t = threading.Thread(target=sweep)
+            t.start()
+            sweep_holds.wait(2)               # never set once the sweep skips it
+            threads.append(t)
+        return fd
+
+    real_flock = fcntl.flock
+
+    def hooked_flock(fd, op):
+        try:
+            return real_flock(fd, op)
+        finally:
+            if threading.get_ident() == creator:
+                create_tried.set()
+
+    threads = []
+    monkeypatch.setattr(workdir, "read_meta", read_meta)
+    monkeypatch.setattr(workdir.os, "open", hooked_open)
+    monkeypatch.setattr(workdir.fcntl, "flock", hooked_flock)
+    try:
+        wd = workdir.WorkDir.create(str(tmp_path), IMAGE, TASK)
+    finally:
+        create_tried.set()
+        for t in threads:
+            t.join()
+    monkeypatch.undo()
+    try:
+        assert threads and swept == []
+        assert os.listdir(tmp_path) == [os.path.basename(wd.path)]
+        assert workdir.read_meta(wd.path)["task_id"] == TASK
+        assert workdir.sweep(str(tmp_path)) == []             # held
+    finally:
+        wd.remove()
+    assert os.listdir(tmp_path) == []
