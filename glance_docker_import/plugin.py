@@ -224,6 +224,12 @@ class _DockerConvert(task.Task):
         started = time.monotonic()
         try:
             result = self._convert(delivery)
+            out_path = result["path"]
+            attrs = dict(result["attrs"])
+            properties = result["properties"]
+            attrs["size"] = os.stat(out_path).st_size
+            self.new_properties = properties
+            self.workdir.update_meta({"new_properties": sorted(properties)})
         except ConversionAborted as exc:
             if "lock" in str(exc):
                 self.lock_lost = True
@@ -243,12 +249,6 @@ class _DockerConvert(task.Task):
             raise glance_exc.UploadException(self._message(
                 "docker-convert: internal error: %s: %s" % (type(exc).__name__, exc)))
 
-        out_path = result["path"]
-        attrs = dict(result["attrs"])
-        properties = result["properties"]
-        attrs["size"] = os.stat(out_path).st_size
-        self.new_properties = properties
-        self.workdir.update_meta({"new_properties": sorted(properties)})
         with self.action_wrapper as action:
             action.set_image_attribute(**attrs)
             action.set_image_extra_properties(properties)

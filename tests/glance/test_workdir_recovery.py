@@ -187,3 +187,31 @@ def test_create_does_not_lose_its_lock_to_a_sweep(tmp_path, monkeypatch):
     finally:
         wd.remove()
     assert os.listdir(tmp_path) == []
+
+
+# -- the plugin: a full disk after the conversion is one clean message ----------
+
+def test_full_disk_writing_meta_after_the_conversion_is_one_line(tmp_path, glance_archives,
+                                                                 monkeypatch):
+    pytest.importorskip("glance")
+    from tests.glance.test_unit import _setup
+
+    task, image, tasks, staged = _setup(tmp_path, {"docker_delivery": "share"})
+    staged.write_bytes(open(glance_archives["docker"], "rb").read())
+    real_update = workdir.WorkDir.update_meta
+
+    def update_meta(self, changes):
+        if "new_properties" in changes:       # meta.json.tmp on a full temp_dir
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.file("meta.json.tmp"))
+        return real_update(self, changes)
+
+    monkeypatch.setattr(workdir.WorkDir, "update_meta", update_meta)
+    with pytest.raises(Exception) as ei:
+        task.execute("file://" + str(staged))
+    from glance.common import exception as glance_exc
+    assert isinstance(ei.value, glance_exc.UploadException), repr(ei.value)
+    assert str(ei.value) == ("docker-convert: no space left on device for the "
+                             "conversion's temporary files")
+    task.revert(result=None)
+    assert image.status == "queued" and image.disk_format == "raw"
+    assert os.listdir(tmp_path) == []
