@@ -9,7 +9,10 @@ free; :func:`recover` then does what the plugin's revert would have done:
 the task fails with a one-line message, the image goes back to ``queued``
 with its formats and properties as before the import and the store in
 ``os_glance_failed_import``, the lock is dropped and the staged data is
-removed, so the image can be staged and imported again.
+removed, so the image can be staged and imported again. An image whose
+converted data already reached a store (``active``, or with a location: a
+multi-store import) keeps its status, formats and properties: only the
+task fails, the stores not reached are marked failed and the lock goes.
 
 :class:`Sweeper` runs the sweep at glance-api start-up (started by the
 paste filter when the pipeline loads, or by the first import) and every
@@ -49,7 +52,10 @@ def temp_base(src_path=None):
 
 def recover(meta):
     """Undo the import recorded in ``meta`` (a dead work directory's
-    meta.json) if its task is still the image's unfinished import."""
+    meta.json) if its task is still the image's unfinished import and its
+    data reached no store; if it did (the image is ``active``, or has a
+    location), only fail the task, mark the stores not reached as failed
+    and drop the import lock."""
     from glance import context, gateway
     from glance.async_.flows.api_image_import import ImportActionWrapper
     from glance.common import exception as glance_exc
@@ -73,20 +79,16 @@ def recover(meta):
     wrapper = ImportActionWrapper(image_repo, image_id, task_id)
     try:
         with wrapper as action:
-            if action.image_status in ("importing", "uploading"):
-                action.set_image_attribute(status="queued")
-            if meta.get("old_attributes"):
-                action.set_image_attribute(**meta["old_attributes"])
-            old = meta.get("old_properties") or {}
-            for key in meta.get("new_properties") or []:
-                if key not in old:
-                    action.pop_extra_property(key)
-            if old:
-                action.set_image_extra_properties(
-                    {k: v for k, v in old.items() if not k.startswith("os_glance")})
-            if stores:
-                action.remove_importing_stores(stores)
-                action.add_failed_stores(stores)
+            landed = _data_landed(action)
+            if landed:
+                status = action.image_status
+                unreached = [s for s in stores if s in _store_list(
+                    action.image_extra_properties.get(action.IMPORTING_STORES_KEY))]
+                if unreached:
+                    action.remove_importing_stores(unreached)
+                    action.add_failed_stores(unreached)
+            else:
+                _roll_back(action, meta, stores)
         wrapper.drop_lock_for_task()
     except (glance_exc.TaskAbortedError, glance_exc.NotFound):
         LOG.info("docker-convert: image %s is no longer locked by task %s; "
@@ -96,8 +98,44 @@ def recover(meta):
     if src and os.path.basename(src) == image_id:
         with contextlib.suppress(FileNotFoundError):
             os.remove(src)
-    LOG.warning("docker-convert: image %s back to queued: its import task %s died "
-                "with its glance-api process", image_id, task_id)
+    if landed:
+        LOG.warning("docker-convert: image %s keeps its status %s, formats and properties: "
+                    "its converted data was stored before its import task %s died with its "
+                    "glance-api process; import lock dropped, stores not reached: %s",
+                    image_id, status, task_id, ", ".join(unreached) or "none")
+    else:
+        LOG.warning("docker-convert: image %s back to queued: its import task %s died "
+                    "with its glance-api process", image_id, task_id)
+
+
+def _store_list(value):
+    return [s for s in (value or "").split(",") if s]
+
+
+def _data_landed(action):
+    """Has the converted data reached a store? Then the image is ``active``
+    (or another status after the import) or has a location: its formats and
+    docker_* properties describe that data and must stay."""
+    return action.image_status not in ("importing", "uploading") or bool(action.image_locations)
+
+
+def _roll_back(action, meta, stores):
+    """What the plugin's revert does: back to queued with the formats and
+    properties of before the import, the target stores failed."""
+    if action.image_status in ("importing", "uploading"):
+        action.set_image_attribute(status="queued")
+    if meta.get("old_attributes"):
+        action.set_image_attribute(**meta["old_attributes"])
+    old = meta.get("old_properties") or {}
+    for key in meta.get("new_properties") or []:
+        if key not in old:
+            action.pop_extra_property(key)
+    if old:
+        action.set_image_extra_properties(
+            {k: v for k, v in old.items() if not k.startswith("os_glance")})
+    if stores:
+        action.remove_importing_stores(stores)
+        action.add_failed_stores(stores)
 
 
 def sweep_once():

@@ -8,10 +8,11 @@ import fcntl
 import os
 import threading
 import time
+import types
 
 import pytest
 
-from glance_docker_import import workdir
+from glance_docker_import import recovery, workdir
 
 IMAGE = "0c6d1f8e-1b38-4f7b-9c5b-3c3d0f5f2a11"
 TASK = "5d4f3c2b-aaaa-bbbb-cccc-123456789abc"
@@ -215,3 +216,98 @@ def test_full_disk_writing_meta_after_the_conversion_is_one_line(tmp_path, glanc
     task.revert(result=None)
     assert image.status == "queued" and image.disk_format == "raw"
     assert os.listdir(tmp_path) == []
+
+
+# -- recovery of a dead import: never roll back an image whose data landed --------
+
+class _Task:
+    def __init__(self, status="processing"):
+        self.status, self.message = status, ""
+
+    def fail(self, message):
+        self.status, self.message = "failure", message
+
+
+class _Repo:
+    """The image and task repositories (what Glance's gateway gives recover)."""
+
+    def __init__(self, image, task):
+        self.image, self.task = image, task
+
+    def get(self, some_id):
+        return self.task if some_id == TASK else self.image
+
+    def save(self, obj, from_state=None):
+        pass
+
+    def delete_property_atomic(self, image, name, value):
+        from glance.common import exception as glance_exc
+        if image.extra_properties.get(name) != value:
+            raise glance_exc.NotFound()
+        del image.extra_properties[name]
+
+
+def _recover(monkeypatch, tmp_path, status, locations, importing_to, task_status="processing"):
+    pytest.importorskip("glance")
+    from glance import gateway
+
+    image = types.SimpleNamespace(
+        image_id=IMAGE, status=status, disk_format="qcow2", container_format="bare",
+        size=123, virtual_size=456, locations=locations,
+        extra_properties={"os_glance_import_task": TASK,
+                          "os_glance_importing_to_stores": importing_to,
+                          "os_glance_failed_import": "",
+                          "docker_delivery": "disk", "docker_cmd": '["sh"]'})
+    task = _Task(task_status)
+    repo = _Repo(image, task)
+    monkeypatch.setattr(gateway, "Gateway", lambda: types.SimpleNamespace(
+        get_task_repo=lambda ctx: repo, get_repo=lambda ctx: repo))
+    staged = tmp_path / IMAGE
+    staged.write_bytes(b"archive")
+    recovery.recover({
+        "image_id": IMAGE, "task_id": TASK, "src": str(staged), "stores": ["fs1", "fs2"],
+        "old_attributes": {"disk_format": "raw", "container_format": "docker"},
+        "old_properties": {"docker_delivery": "disk"},
+        "new_properties": ["docker_cmd", "docker_delivery"]})
+    return image, task, staged
+
+
+LANDED = [{"url": "file:///var/lib/glance/images/%s" % IMAGE, "metadata": {"store": "fs1"}}]
+
+
+@pytest.mark.parametrize("status, locations, task_status", [
+    ("active", LANDED, "processing"),      # all_stores_must_succeed=false, fs2 still uploading
+    ("importing", LANDED, "processing"),   # all_stores_must_succeed=true, fs2 still uploading
+    ("active", LANDED, "success"),         # between set_image_data and the removal
+])
+def test_recovery_leaves_an_image_whose_data_landed(monkeypatch, tmp_path, caplog,
+                                                     status, locations, task_status):
+    image, task, staged = _recover(monkeypatch, tmp_path, status, locations,
+                                   importing_to="fs2" if task_status == "processing" else "",
+                                   task_status=task_status)
+    props = image.extra_properties
+    # Not rolled back: the stored data is the converted disk.
+    assert (image.status, image.disk_format, image.container_format) == (status, "qcow2", "bare")
+    assert props["docker_cmd"] == '["sh"]' and image.locations == LANDED
+    # Only the store the import did not reach is failed; the lock is dropped.
+    assert props["os_glance_failed_import"] == ("fs2" if task_status == "processing" else "")
+    assert props["os_glance_importing_to_stores"] == ""
+    assert "os_glance_import_task" not in props
+    if task_status == "processing":
+        assert (task.status, task.message) == ("failure", recovery.MESSAGE)
+    else:
+        assert task.status == "success"
+    assert not staged.exists()
+    assert IMAGE in caplog.text
+
+
+def test_recovery_gives_back_an_image_whose_data_did_not_land(monkeypatch, tmp_path):
+    image, task, staged = _recover(monkeypatch, tmp_path, "importing", [], importing_to="fs1,fs2")
+    props = image.extra_properties
+    assert (image.status, image.disk_format, image.container_format) == ("queued", "raw", "docker")
+    assert "docker_cmd" not in props and props["docker_delivery"] == "disk"
+    assert props["os_glance_failed_import"] == "fs1,fs2"
+    assert props["os_glance_importing_to_stores"] == ""
+    assert "os_glance_import_task" not in props
+    assert (task.status, task.message) == ("failure", recovery.MESSAGE)
+    assert not staged.exists()
