@@ -39,7 +39,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from docker_rootfs.archive import open_image  # noqa: E402
-from docker_rootfs.commands.convert import _created  # noqa: E402
 from docker_rootfs.disk import build_disk  # noqa: E402
 from docker_rootfs.disk.options import DiskOptions  # noqa: E402
 from docker_rootfs.guest import bundle, configdrive, contract, qemu  # noqa: E402
@@ -78,12 +77,12 @@ def measure_build(archive, base, runs, work):
         with open_image(str(archive)) as img:
             t = time.monotonic()
             d = build_disk(img.flatten, os.path.join(work, "disk.qcow2"), DiskOptions(),
-                           digest=img.config.config_digest, created=_created(img))
+                           digest=img.config.config_digest, created=img.created)
             res["convert_s"].append(time.monotonic() - t)
         with open_image(str(archive)) as img:
             t = time.monotonic()
             b = bundle.build_bundle(img.flatten, os.path.join(work, "app.qcow2"), img.config,
-                                    img.config.config_digest, created=_created(img), base=base)
+                                    img.config.config_digest, created=img.created, base=base)
             res["bundle_s"].append(time.monotonic() - t)
     med = {k: statistics.median(v) for k, v in res.items()}
     med.update(convert_file_mib=d.file_size / 2**20, convert_virtual_mib=d.virtual_size / 2**20,

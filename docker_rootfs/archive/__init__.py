@@ -173,6 +173,13 @@ class Image:
             self.config_document, config_digest=config_digest, repo_tags=candidate.tags)
         self.layers = self._layers()
 
+    @property
+    def created(self):
+        """The config's ``created`` time (RFC 3339 text), or None: what a
+        disk's fixed times come from (``build_disk(created=...)``)."""
+        created = self.config_document.get("created")
+        return created if isinstance(created, str) else None
+
     def _layers(self):
         rootfs = self.config_document.get("rootfs")
         if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" \

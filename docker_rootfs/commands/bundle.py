@@ -3,16 +3,11 @@ disk (Approach 3): BIOS and UEFI boot path, the base VM's kernel and
 initramfs, the container configuration baked in, the rootfs partition.
 See doc/source/bundle.md."""
 
-import json
 import os
-import signal
-import sys
 
 from docker_rootfs import errors
 from docker_rootfs.commands import common
-from docker_rootfs.commands.convert import _created, _sigterm, _size
 from docker_rootfs.disk.options import DiskOptions
-from docker_rootfs.progress import terminal_progress
 
 
 def _default_base_dir():
@@ -28,9 +23,9 @@ def register(sub):
     p.add_argument("--format", dest="disk_format", choices=("qcow2", "raw"), default="qcow2",
                    help="output format (default qcow2)")
     d = DiskOptions()
-    p.add_argument("--size", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--size", type=common.parse_size, default=None, metavar="SIZE",
                    help="fixed root filesystem size (e.g. 2G); default: content + free space")
-    p.add_argument("--free-space", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--free-space", type=common.parse_size, default=None, metavar="SIZE",
                    help=f"free space in the root filesystem (default {d.free_space_mib}M)")
     p.add_argument("--compress", action="store_true", help="compress the qcow2 clusters")
     p.add_argument("--base-dir", default=_default_base_dir(),
@@ -51,8 +46,7 @@ def run(args):
     if args.print_properties:
         with open_image(args.archive, **common.image_kwargs(args)) as img:
             props = bundle.bundle_properties(img.config)
-        json.dump(props, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        common.print_json(props)
         return 0
     if not args.output:
         raise errors.Docker2VMError("bundle: -o/--output is required")
@@ -65,24 +59,14 @@ def run(args):
     if args.tmpdir:
         changes["tmp_dir"] = args.tmpdir
     options = DiskOptions(**changes)
-    progress = terminal_progress(not args.no_progress)
-    old = signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        limits = common.limits_from_args(args)
-        with open_image(args.archive, **common.image_kwargs(args)) as img:
-            result = bundle.build_bundle(
-                lambda out: img.flatten(out, progress), args.output, img.config,
-                img.config.config_digest, created=_created(img), disk_options=options,
-                base_dir=args.base_dir, kernel_package=args.kernel_package,
-                progress=progress, max_entries=limits.max_entries)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    if args.json:
-        json.dump(result.__dict__, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        print(f"{result.path}: {result.disk_format}, {result.virtual_size // 2**20} MiB "
-              f"(boot {result.esp_size // 2**20} MiB + rootfs {result.rootfs_size // 2**20} MiB, "
-              f"kernel {result.kernel_version}), file {result.file_size / 2**20:.1f} MiB, "
-              f"{result.timings.get('total', 0):.1f} s", file=sys.stderr)
+    result = common.build_from_archive(args, lambda img, progress, max_entries: bundle.build_bundle(
+        lambda out: img.flatten(out, progress), args.output, img.config,
+        img.config.config_digest, created=img.created, disk_options=options,
+        base_dir=args.base_dir, kernel_package=args.kernel_package,
+        progress=progress, max_entries=max_entries))
+    common.print_result(args, result,
+                        f"{result.path}: {result.disk_format}, {result.virtual_size // 2**20} MiB "
+                        f"(boot {result.esp_size // 2**20} MiB + rootfs {result.rootfs_size // 2**20} MiB, "
+                        f"kernel {result.kernel_version}), file {result.file_size / 2**20:.1f} MiB, "
+                        f"{result.timings.get('total', 0):.1f} s")
     return 0

@@ -281,9 +281,9 @@ def test_sigterm_mid_build_cleans_up(tmp_path):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     code = ("import signal, sys\n"
-            "from docker_rootfs.commands.convert import _sigterm\n"
+            "from docker_rootfs.commands.common import sigterm_exit\n"
             "from docker_rootfs.disk import build_disk, DiskOptions\n"
-            "signal.signal(signal.SIGTERM, _sigterm)\n"
+            "signal.signal(signal.SIGTERM, sigterm_exit)\n"
             "print('start', flush=True)\n"
             "build_disk(sys.argv[1], sys.argv[2], DiskOptions(tmp_dir=sys.argv[3]))\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(tmp_path / "o.qcow2"),

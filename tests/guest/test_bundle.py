@@ -46,11 +46,10 @@ def base():
 
 
 def _build(archive, out, base, fmt="qcow2"):
-    from docker_rootfs.commands.convert import _created
     from docker_rootfs.disk.options import DiskOptions
     with open_image(str(archive)) as img:
         return bundle.build_bundle(img.flatten, str(out), img.config, img.config.config_digest,
-                                   created=_created(img), disk_options=DiskOptions(disk_format=fmt),
+                                   created=img.created, disk_options=DiskOptions(disk_format=fmt),
                                    base=base)
 
 
