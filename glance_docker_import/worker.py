@@ -119,16 +119,21 @@ def _share(job, img, proto):
 
 
 def _disk(job, img, disk, proto):
+    """As ``docker2vm convert``: with the ext2fs builder no flattened tar is
+    written (the builder reads each file where it lies in the verified
+    layers); other builders get the tar in the build's scratch directory."""
     from docker_rootfs.disk import build_disk
     workdir = job["workdir"]
-    tar_path = os.path.join(workdir, "rootfs.tar")
-    with open(tar_path, "wb") as f:
-        img.flatten(f, lambda fr, msg: proto.progress(fr * 0.5, msg))
     out_path = os.path.join(workdir, "rootfs." + disk.disk_format)
-    result = build_disk(tar_path, out_path, options=disk, digest=img.config.config_digest,
-                        progress=lambda fr, msg: proto.progress(0.5 + fr * 0.5, msg),
+
+    def build_progress(fraction, message):
+        if message != "flattening":      # the flattener reports its own, below
+            proto.progress(0.5 + fraction * 0.5, message)
+
+    result = build_disk(lambda out: img.flatten(out, lambda fr, msg: proto.progress(fr * 0.5, msg)),
+                        out_path, options=disk, digest=img.config.config_digest,
+                        created=img.created, progress=build_progress,
                         max_entries=img.limits.max_entries, tmp_prefix="disk-")
-    os.remove(tar_path)
     attrs = {"disk_format": disk.disk_format, "container_format": "bare"}
     if result.virtual_size:
         attrs["virtual_size"] = result.virtual_size
@@ -137,7 +142,6 @@ def _disk(job, img, disk, proto):
 
 def _bundle(job, img, disk, proto):
     """Approach 3: a bootable qcow2 stock Nova boots (doc/source/bundle.md)."""
-    from docker_rootfs.commands.convert import _created
     from docker_rootfs.guest import bundle
     workdir = job["workdir"]
     out_path = os.path.join(workdir, "bundle." + disk.disk_format)
@@ -145,7 +149,7 @@ def _bundle(job, img, disk, proto):
         os.path.expanduser("~"), ".cache", "docker2vm", "base")
     result = bundle.build_bundle(
         lambda f: img.flatten(f, lambda fr, msg: proto.progress(fr * 0.5, msg)),
-        out_path, img.config, img.config.config_digest, created=_created(img),
+        out_path, img.config, img.config.config_digest, created=img.created,
         disk_options=disk, base_dir=base_dir,
         progress=lambda fr, msg: proto.progress(0.5 + fr * 0.5, msg),
         max_entries=img.limits.max_entries, tmp_prefix="bundle-")

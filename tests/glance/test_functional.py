@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import os
 import tarfile
+import tempfile
 import threading
 
 import pytest
@@ -138,6 +139,22 @@ def test_cli_staged_disk(glance_server, glance_archives, api):
         assert f.read(4) == b"QFI\xfb"
     _check_disk_content(path)
     assert staging_leftovers(glance_server, image_id) == []
+    # The same disk, byte for byte, as `docker2vm convert` of the archive
+    # (same builder path, same fixed times from the image's created time).
+    import subprocess
+    import sys
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "cli.qcow2")
+        subprocess.run([sys.executable, "-m", "docker_rootfs.cli", "convert", "--no-progress",
+                        "--tmpdir", d, "-o", out, glance_archives["docker"]], check=True,
+                       capture_output=True)
+        assert _sha256(out) == _sha256(path)
+
+
+def _sha256(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _check_disk_content(qcow2):
