@@ -164,6 +164,9 @@ def _discard(path):
     delete in place, meta.json first (without it and without .lock a young
     directory is left alone by the sweep)."""
     parent, name = os.path.split(path)
+    if _HIDDEN.match(name):
+        shutil.rmtree(path, ignore_errors=True)     # hidden already
+        return
     hidden = os.path.join(parent, "%s%s.%s" % (REMOVING, name, os.urandom(6).hex()))
     try:
         os.rename(path, hidden)

@@ -89,7 +89,7 @@ def test_directory_with_meta_but_no_lock_gets_a_grace_period(tmp_path):
 
 
 @pytest.mark.parametrize("prefix", [".removing-", ".creating-"])
-def test_sweep_removes_what_a_dead_process_left_half_done(tmp_path, prefix):
+def test_sweep_removes_what_a_dead_process_left_half_done(tmp_path, monkeypatch, prefix):
     # A process killed in the middle of WorkDir.remove (or create) leaves the
     # hidden directory: the sweep removes it once it is old (nothing to recover).
     wd = workdir.WorkDir.create(str(tmp_path), IMAGE, TASK)
@@ -101,7 +101,15 @@ def test_sweep_removes_what_a_dead_process_left_half_done(tmp_path, prefix):
     os.close(fd)                                                    # the process died
     assert workdir.sweep(str(tmp_path), on_dead=dead.append) == []   # young
     _age(hidden)
+    real_rmtree, deleted = workdir.shutil.rmtree, []
+
+    def rmtree(path, *args, **kwargs):
+        deleted.append(os.path.basename(path))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(workdir.shutil, "rmtree", rmtree)
     assert workdir.sweep(str(tmp_path), on_dead=dead.append) == [hidden.name]
+    assert deleted == [hidden.name]                                 # in place, not renamed again
     assert os.listdir(tmp_path) == [] and dead == []
 
 
