@@ -175,7 +175,8 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
     """Build the rootfs disk for a flattened tree; return a :class:`DiskResult`.
 
     Scratch space is one directory in ``options.tmp_dir`` whose name starts
-    with ``tmp_prefix`` (Glance passes ``<image_id>.docker2vm-<task>.``)."""
+    with ``tmp_prefix`` (the Glance plugin's conversion child passes
+    ``disk-``: the directory is then inside the import's work directory)."""
     options = options or DiskOptions()
     progress = progress or (lambda fraction, message: None)
     timings = {}
@@ -257,29 +258,33 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
         # qemu-img converts it (both only read it; two cores); the output is
         # renamed into place only once both succeeded.
         checker = None
-        if options.fsck:
-            progress(0.0, "checking (e2fsck -fn)")
-            checker = _Background(fsck, raw_path)
+        try:
+            if options.disk_format != "raw":
+                fd, partial = tempfile.mkstemp(prefix=".docker2vm-", suffix=".qcow2", dir=out_dir)
+                os.close(fd)
+            if options.fsck:
+                progress(0.0, "checking (e2fsck -fn)")
+                checker = _Background(fsck, raw_path)
+                if options.disk_format == "raw":
+                    timings["fsck"] = checker.wait()
+                    checker = None
+            t = time.monotonic()
             if options.disk_format == "raw":
-                timings["fsck"] = checker.wait()
-                checker = None
-        t = time.monotonic()
-        if options.disk_format == "raw":
-            os.chmod(raw_path, 0o644)
-            os.replace(raw_path, output)
-            partial = None
-        else:
-            fd, partial = tempfile.mkstemp(prefix=".docker2vm-", suffix=".qcow2", dir=out_dir)
-            os.close(fd)
-            try:
+                os.chmod(raw_path, 0o644)
+                os.replace(raw_path, output)
+                partial = None
+            else:
                 qemu_img_convert(raw_path, partial, compress=options.qcow2_compress,
                                  progress=progress)
-            finally:
                 if checker is not None:
                     timings["fsck"] = checker.wait()
-            os.chmod(partial, 0o644)
-            os.replace(partial, output)
-            partial = None
+                    checker = None
+                os.chmod(partial, 0o644)
+                os.replace(partial, output)
+                partial = None
+        finally:
+            if checker is not None:     # an error is on its way: e2fsck's would hide it
+                checker.join()
         timings["convert"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t0
         return DiskResult(path=output, disk_format=options.disk_format,
@@ -313,6 +318,10 @@ class _Background:
 
         self._thread = threading.Thread(target=run, name="docker2vm-fsck", daemon=True)
         self._thread.start()
+
+    def join(self):
+        """Wait for the thread, whatever it raised."""
+        self._thread.join()
 
     def wait(self):
         self._thread.join()

@@ -269,6 +269,37 @@ def test_temporary_space_is_checked_up_front(feature_tar, tmp_path):
     assert [p for p in os.listdir(tmp_path) if p.startswith("docker2vm-")] == []
 
 
+def test_output_directory_failure_leaves_no_fsck_running(feature_tar, tmp_path, monkeypatch):
+    """The qcow2's temporary file in the output directory cannot be made
+    (EACCES, ENOSPC, EMFILE): the build fails with that error, and no
+    e2fsck thread (nor its process) is left reading the deleted raw image
+    (the checker used to start first; found in review, issue 15)."""
+    import tempfile
+    import threading
+
+    from docker_rootfs.disk import build as build_mod
+    real_mkstemp, real_fsck = tempfile.mkstemp, build_mod.fsck
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("suffix") == ".qcow2":
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, **kwargs)
+
+    def slow_fsck(path):
+        time.sleep(1.0)
+        return real_fsck(path)
+
+    monkeypatch.setattr(build_mod.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(build_mod, "fsck", slow_fsck)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    with pytest.raises(PermissionError):
+        build_disk(feature_tar, str(tmp_path / "o.qcow2"), DiskOptions(tmp_dir=str(tmpdir)),
+                   digest=DIGEST)
+    assert [t.name for t in threading.enumerate() if t.name == "docker2vm-fsck"] == []
+    assert os.listdir(tmpdir) == []
+
+
 def test_sigterm_mid_build_cleans_up(tmp_path):
     # A tar big enough that the build is still running when SIGTERM comes.
     path = tmp_path / "big.tar"
