@@ -39,15 +39,22 @@ def register_opts(conf):
         pass
 
 
+def _store_opt(conf, name):
+    try:
+        return getattr(conf.glance_store, name)
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return None
+
+
 def store_types(conf, stores):
     """The glance_store driver type of each store named (``enabled_backends``
-    maps name -> type); ``None`` (single-store Glance) is the default store."""
+    maps name -> type); ``None`` is the default store. A single-store Glance
+    (no ``enabled_backends``) has one store, ``[glance_store] default_store``,
+    named by its type."""
     backends = dict(getattr(conf, "enabled_backends", None) or {})
-    default = None
-    try:
-        default = conf.glance_store.default_backend
-    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
-        pass
+    if not backends:
+        return [_store_opt(conf, "default_store")]
+    default = _store_opt(conf, "default_backend")
     names = [s or default for s in (stores or [None])]
     return [backends.get(n) for n in names]
 

@@ -22,7 +22,7 @@ def conf():
     ({"fs": "file", "ceph": "rbd"}, "fs", None, "qcow2"),
     ({"fs": "file", "ceph": "rbd"}, "fs", ["ceph"], "raw"),
     ({"fs": "file", "ceph": "rbd"}, "ceph", ["ceph", "fs"], "qcow2"),  # one store is not rbd
-    ({}, None, None, "qcow2"),                         # single-store Glance
+    ({}, None, None, "qcow2"),                         # single-store Glance, no default_store
     ({"fs": "file"}, "fs", ["nosuch"], "qcow2"),
 ])
 def test_auto(conf, backends, default, stores, want):
@@ -42,3 +42,17 @@ def test_forced(conf, forced):
 def test_bad_value_refused(conf):
     with pytest.raises(ValueError):
         conf.set_override("disk_format", "vmdk", group="docker_convert")
+
+
+@pytest.mark.parametrize("default_store,want", [("rbd", "raw"), ("file", "qcow2"), ("swift", "qcow2")])
+def test_auto_single_store(default_store, want):
+    """A single-store Glance (no enabled_backends) stores in [glance_store]
+    default_store, named by its type (found in review: rbd gave qcow2)."""
+    import glance_store
+
+    c = cfg.ConfigOpts()
+    glance_store.register_opts(c)
+    c([], project="test")
+    c.set_override("default_store", default_store, group="glance_store")
+    assert store_format.disk_format(c, None) == want
+    assert store_format.disk_format(c, []) == want
