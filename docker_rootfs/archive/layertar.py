@@ -42,6 +42,9 @@ _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8x32s32s8s8s155s12x")
 _EXTENDED_TYPES = frozenset((tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
                              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK))
 MAX_EXTENDED_HEADER = 8 * 1024 * 1024
+# Extended headers before one member: a global and a PAX header, GNU long
+# name and long link: four at most in real archives.
+MAX_EXTENDED_CHAIN = 16
 _PLAIN_TYPES = frozenset((tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE,
                           tarfile.BLKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.CONTTYPE))
 
@@ -114,11 +117,23 @@ class FastTarInfo(tarfile.TarInfo):
         """tarfile reads a PAX or GNU long-name header's whole body into
         memory at once: bound it first (a body of 4 GiB was a MemoryError
         under the conversion's address-space limit; found by fuzzing)."""
-        if self.type in _EXTENDED_TYPES and not 0 <= self.size <= MAX_EXTENDED_HEADER:
+        if self.type not in _EXTENDED_TYPES:
+            return super()._proc_member(tarfile_)
+        if not 0 <= self.size <= MAX_EXTENDED_HEADER:
             raise LayerTarError(
                 f"tar header at byte {self.offset}: extended header ({self.type.decode(errors='replace')!r}) "
                 f"of {self.size} bytes (at most {MAX_EXTENDED_HEADER} allowed)")
-        return super()._proc_member(tarfile_)
+        # tarfile reads the member an extended header describes by recursion:
+        # 2,000 headers in a row (2 MB) were a RecursionError (found by reading)
+        depth = getattr(tarfile_, "_extended_depth", 0)
+        if depth >= MAX_EXTENDED_CHAIN:
+            raise LayerTarError(f"tar header at byte {self.offset}: more than {MAX_EXTENDED_CHAIN} "
+                                "extended headers in a row")
+        tarfile_._extended_depth = depth + 1
+        try:
+            return super()._proc_member(tarfile_)
+        finally:
+            tarfile_._extended_depth = depth
 
 
 class _StrictTarInfo(FastTarInfo):
@@ -144,7 +159,9 @@ class _StrictTarInfo(FastTarInfo):
         obj.offset = tf.fileobj.tell() - BLOCK
         try:
             member = obj._proc_member(tf)
-        except (ValueError, IndexError) as exc:   # tarfile's own: a malformed or cut GNU sparse map (fuzzing)
+        except (ValueError, IndexError, OverflowError) as exc:
+            # tarfile's own, on malformed extended headers (found by fuzzing): a
+            # malformed or cut GNU sparse map, a PAX record length past any offset
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: {exc}") from None
         if member.size < 0:   # base-256 or PAX; tarfile would seek backwards (found by fuzzing)
             raise LayerTarError(f"invalid tar header at byte {obj.offset}: negative size {member.size}")

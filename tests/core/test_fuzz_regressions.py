@@ -452,3 +452,62 @@ def test_layer_huge_extended_header(tmp_path, case):
     from fuzz.targets import build_archive
     assert "extended header" in refuse(tmp_path, build_archive([("gzip", huge_extended_header_tar(
         *EXTENDED_CASES[case]))]))
+
+
+def pax_record_length_overflow_tar():
+    """A PAX record whose length (2**70) sends tarfile's parse position past
+    any C offset: tarfile's `regex.match(buf, pos)` raises OverflowError."""
+    body = b"%d path=x\n" % 2 ** 70
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo("f")
+    member.size = 1
+    return (head.tobuf(tarfile.USTAR_FORMAT) + body.ljust(512, b"\0")
+            + member.tobuf(tarfile.USTAR_FORMAT) + b"x".ljust(512, b"\0") + bytes(1024))
+
+
+def test_layer_pax_record_length_overflow(tmp_path):
+    """Found by the `layers` target (session 5 campaign, 12,530th input of
+    its run): OverflowError out of layer tars."""
+    from fuzz.targets import build_archive
+    assert "invalid tar header" in refuse(tmp_path, build_archive([("none", pax_record_length_overflow_tar())]))
+
+
+def test_tarscan_and_outer_pax_record_length_overflow(tmp_path):
+    """The same input in the other two readers (already one line there)."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(pax_record_length_overflow_tar())
+    with pytest.raises(errors.ArchiveError):
+        tarscan.scan(str(path))
+    (tmp_path / "o").mkdir()
+    assert "not a readable tar archive" in refuse(tmp_path / "o", pax_record_length_overflow_tar())
+
+
+def extended_header_chain_tar(n):
+    """``n`` PAX headers in a row before one member."""
+    body = b"11 path=ab\n"
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo("f")
+    member.size = 1
+    return ((head.tobuf(tarfile.USTAR_FORMAT) + body.ljust(512, b"\0")) * n
+            + member.tobuf(tarfile.USTAR_FORMAT) + b"x".ljust(512, b"\0") + bytes(1024))
+
+
+def test_extended_header_chain(tmp_path):
+    """Found by reading tarfile while fixing the fuzzer's findings: tarfile
+    reads the member after an extended header by recursion, so 2,000 PAX
+    headers in a row (2 MB) were a RecursionError in all three readers.
+    A few in a row (real archives have up to four) still work."""
+    from fuzz.targets import build_archive
+    path = tmp_path / "t.tar"
+    path.write_bytes(extended_header_chain_tar(10))
+    entries, _ = tarscan.scan(str(path))
+    assert [e.path for e in entries] == [b"ab"]
+    path.write_bytes(extended_header_chain_tar(2000))
+    with pytest.raises(errors.ArchiveError, match="extended headers in a row"):
+        tarscan.scan(str(path))
+    for sub, data in (("outer", extended_header_chain_tar(2000)),
+                      ("layer", build_archive([("gzip", extended_header_chain_tar(2000))]))):
+        (tmp_path / sub).mkdir()
+        assert "extended headers in a row" in refuse(tmp_path / sub, data)
