@@ -28,7 +28,7 @@ import struct
 import tarfile
 
 from docker_rootfs import errors
-from docker_rootfs.limits import MAX_SYMLINK_HOPS
+from docker_rootfs.limits import MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_SYMLINK_HOPS
 
 LOG = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 COPY_CHUNK = 1024 * 1024
-MAX_DEV_MAJOR = 0xFFF      # Linux dev_t: 12-bit major, 20-bit minor
-MAX_DEV_MINOR = 0xFFFFF
 
 
 class Inode:

@@ -54,3 +54,10 @@ RATIO_GRACE_BYTES = 64 * MiB
 # Symlinks followed while resolving one path inside the image root (Linux's
 # own limit).
 MAX_SYMLINK_HOPS = 40
+
+# Device numbers Linux (and ext4's inode encoding) can hold: a 12-bit major
+# and a 20-bit minor; tar's base-256 fields hold any number.
+MAX_DEV_MAJOR = 0xFFF
+MAX_DEV_MINOR = 0xFFFFF
+# Owners ext4 can record: 32-bit uid and gid.
+MAX_ID = 0xFFFFFFFF

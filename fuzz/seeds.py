@@ -301,7 +301,9 @@ def build(outdir, log=print, archives=None):
                 log(f"seed {name}: the shrunk archive does not flatten: {exc}")
             else:
                 with open(sandbox.out, "rb") as f:
-                    put("tarscan", "flat-" + name, f.read())
+                    flat = f.read()
+                put("tarscan", "flat-" + name, flat)
+                put("build", "flat-" + name, flat)
         for case, tars in hostile_layer_sets().items():
             put("layers", "hostile-" + case, targets.join_layers([("none", t) for t in tars]))
             put("layers", "hostile-gz-" + case,
@@ -314,6 +316,7 @@ def build(outdir, log=print, archives=None):
             put("archive-unverified", "hostile-" + case, arch)
             for i, t in enumerate(tars):
                 put("tarscan", f"hostile-{case}-{i}", t)
+                put("build", f"hostile-{case}-{i}", t)
         from tests.core import test_hostile as th
         bomb, _ = th.gzip_bomb(2)
         put("layers", "gzip-bomb", targets.join_layers([("raw", bomb)]))

@@ -475,6 +475,32 @@ def target_layout(data, sandbox):
 
 # -- the disk builder's input scan ----------------------------------------------------
 
+# The builder's own options: small and quick (e2fsck always on: it is the oracle).
+BUILD_DIGEST = "sha256:" + "f0" * 32
+
+
+def target_build(data, sandbox):
+    """The filesystem build itself: the fuzzer's tar (checksums fixed) made
+    into an ext4 image by the ext2fs builder (libext2fs in this process,
+    blocks and inodes the builder writes by hand for small files). Refused
+    with one line, or built into a filesystem ``e2fsck -fn`` finds clean:
+    an unclean one is a finding, not a refusal."""
+    from docker_rootfs.disk import build_disk
+    tar = sandbox.write_input(fix_checksums(data))
+    raw = os.path.join(sandbox.dir, "rootfs.raw")
+    options = DiskOptions(builder="ext2fs", disk_format="raw", fsck=True, tmp_dir=sandbox.tmp,
+                          free_space_mib=1, free_space_percent=0, min_size_mib=1)
+    try:
+        build_disk(tar, raw, options, digest=BUILD_DIGEST, max_entries=LIMITS.max_entries)
+    except errors.ToolError as exc:
+        if "not clean" in str(exc):
+            raise Finding(f"the builder made an unclean filesystem: {exc}") from exc
+        raise
+    finally:
+        if os.path.exists(raw):
+            os.unlink(raw)
+
+
 def target_tarscan(data, sandbox):
     _, stats = tarscan.scan(sandbox.write_input(fix_checksums(data)), max_entries=LIMITS.max_entries)
     sizing.compute(stats, DiskOptions())
@@ -523,4 +549,5 @@ TARGETS = {
     "layers": target_layers,
     "layout": target_layout,
     "tarscan": target_tarscan,
+    "build": target_build,
 }

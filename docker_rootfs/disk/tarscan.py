@@ -19,6 +19,7 @@ import tarfile
 
 from docker_rootfs import errors
 from docker_rootfs.archive.layertar import FastTarInfo
+from docker_rootfs.limits import MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_ID
 
 # Entry kinds
 REG, DIR, SYMLINK, HARDLINK, CHR, BLK, FIFO = "reg", "dir", "sym", "link", "chr", "blk", "fifo"
@@ -201,6 +202,10 @@ class Scanner:
             # Parents must be directories; create implied ones.
             _ensure_parents(parent, kinds, stats, implied)
         sec, ns = _split_time(m.mtime)
+        if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
+            # base-256 and PAX hold any number; ext4 holds 32 bits (found by
+            # fuzzing the builder)
+            raise errors.ArchiveError(f"{m.name!r} has an invalid owner {m.uid}:{m.gid}")
         e = Entry(p, kind, m.mode & 0o7777, m.uid, m.gid, sec, ns)
         stats.max_mtime = max(stats.max_mtime, sec)
         if kind == REG:
@@ -229,6 +234,10 @@ class Scanner:
                 raise errors.UnsafeEntry(
                     f"hard link {m.name!r} names no earlier file: {m.linkname!r}")
         elif kind in (CHR, BLK):
+            if not (0 <= m.devmajor <= MAX_DEV_MAJOR and 0 <= m.devminor <= MAX_DEV_MINOR):
+                # as the flattener refuses them (found by fuzzing the builder)
+                raise errors.ArchiveError(f"device {m.name!r} has an invalid number "
+                                          f"{m.devmajor}:{m.devminor}")
             e.devmajor, e.devminor = m.devmajor, m.devminor
         if kind != HARDLINK:
             e.xattrs = _xattrs(m)

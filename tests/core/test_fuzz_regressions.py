@@ -511,3 +511,28 @@ def test_extended_header_chain(tmp_path):
                       ("layer", build_archive([("gzip", extended_header_chain_tar(2000))]))):
         (tmp_path / sub).mkdir()
         assert "extended headers in a row" in refuse(tmp_path / sub, data)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("devmajor", -1, "invalid number"), ("devminor", 2 ** 20, "invalid number"),
+    ("uid", -1, "invalid owner"), ("gid", 2 ** 32, "invalid owner")])
+def test_builder_input_numbers_out_of_range(tmp_path, field, value, message):
+    """Found by the new `build` target (the ext2fs builder itself, session
+    5), within 22,326 inputs: a device number below zero in the builder's
+    input tar was a struct.error packing the inode (the flattener refused it,
+    tarscan did not); owners beyond 32 bits were silently cut to 32. Now
+    tarscan refuses both, so every builder gets the same one line."""
+    from docker_rootfs.disk import DiskOptions, build_disk
+    ti = tarfile.TarInfo("dev/x")
+    ti.type = tarfile.CHRTYPE
+    setattr(ti, field, value)
+    path = tmp_path / "rootfs.tar"
+    path.write_bytes(ti.tobuf(tarfile.GNU_FORMAT) + bytes(1024))   # GNU: base-256 holds any number
+    with pytest.raises(errors.ArchiveError, match=message):
+        tarscan.scan(str(path))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with pytest.raises(errors.ArchiveError, match=message):
+        build_disk(str(path), str(tmp_path / "o.raw"), DiskOptions(disk_format="raw", tmp_dir=str(tmp)),
+                   digest="sha256:" + "ab" * 32)
+    assert os.listdir(tmp) == [] and not (tmp_path / "o.raw").exists()

@@ -13,7 +13,8 @@ from fuzz import __main__ as fuzz_cli
 from fuzz import seeds, targets
 
 # Inputs per target: enough to mutate past the seeds (a few seconds each).
-RUNS = {"archive": 300, "archive-unverified": 300, "layers": 300, "layout": 300, "tarscan": 1500}
+RUNS = {"archive": 300, "archive-unverified": 300, "layers": 300, "layout": 300, "tarscan": 1500,
+        "build": 100}
 
 pytestmark = pytest.mark.slow   # ~5-15 s per test
 
