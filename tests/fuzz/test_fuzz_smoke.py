@@ -53,7 +53,7 @@ def test_planted_multiline_error_is_found(tmp_path, seed_dir):
 def test_planted_bug_needs_mutation(tmp_path, seed_dir):
     """A KeyError for a file owned by uid 1, which no seed has: only
     mutation gets there (found after ~2,000-3,500 inputs in trials; the
-    run stops at the first failure, 20,000 is the bound)."""
-    res = run("tarscan", tmp_path, seed_dir, 20000, plant="uid")
+    run stops at the first failure, 60,000 is the bound: one CI run of session 5 missed it in 20,000)."""
+    res = run("tarscan", tmp_path, seed_dir, 60000, plant="uid")
     assert not res["ok"] and res["crashes"], f"planted bug not found in {res['executions']} inputs"
     assert "planted bug" in open(tmp_path / "last-tarscan.log").read()
