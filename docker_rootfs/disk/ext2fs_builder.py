@@ -35,6 +35,13 @@ _FT = {tarscan.REG: L.FT_REG, tarscan.DIR: L.FT_DIR, tarscan.SYMLINK: L.FT_SYMLI
 _IFMT = {tarscan.CHR: L.S_IFCHR, tarscan.BLK: L.S_IFBLK, tarscan.FIFO: L.S_IFIFO}
 
 
+def _hole(data):
+    """All-zero data of at least a block stays a hole (as ``mke2fs -d``);
+    the last byte is tested first: random data rarely ends in a zero."""
+    n = len(data)
+    return n >= BLOCK and not data[-1] and data == (ZERO_CHUNK if n == CHUNK else bytes(n))
+
+
 class Ext2fsBuilder(base.Builder):
     name = "ext2fs"
     unprivileged = True
@@ -280,7 +287,7 @@ class Populator:
         if len(data) != n:
             raise errors.ArchiveError(f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
         inode = self.inode
-        if not (n >= BLOCK and not data[-1] and data == bytes(n)):
+        if not _hole(data):
             nblk = (n + BLOCK - 1) // BLOCK
             r = self.lib.ext2fs_new_range(self.fs, L.NEWRANGE_MIN_LENGTH, self.sb.inode_goal(ino), nblk,
                                           None, self.range_start_ref, self.range_len_ref)
@@ -336,9 +343,7 @@ class Populator:
                     raise errors.ArchiveError(
                         f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
                 src += n
-                # (the last byte first: random data rarely ends in a zero)
-                if not (data == ZERO_CHUNK if n == CHUNK else
-                        n >= BLOCK and not data[-1] and data == bytes(n)):
+                if not _hole(data):
                     yield off + done, data
                 done += n
 
