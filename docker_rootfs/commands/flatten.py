@@ -4,7 +4,7 @@ import os
 import sys
 import tempfile
 
-from docker_rootfs import errors
+from docker_rootfs import errors, output
 from docker_rootfs.archive import open_image
 from docker_rootfs.commands import common
 from docker_rootfs.progress import terminal_progress
@@ -32,6 +32,7 @@ def run(args):
 def write_atomically(path, writer):
     """Write through a temporary file beside ``path``; rename on success,
     remove it on any failure, so a failed run leaves nothing behind."""
+    output.check_replaceable(path, " (or '-o -' for standard output)")
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".docker2vm-", dir=directory)

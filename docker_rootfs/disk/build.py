@@ -27,6 +27,7 @@ import time
 import uuid
 
 from docker_rootfs import errors
+from docker_rootfs import output as output_mod
 from docker_rootfs.disk import base, builders, sizing, tarscan
 from docker_rootfs.disk.options import DiskOptions
 
@@ -178,6 +179,7 @@ def build_disk(source, output, options=None, digest=None, created=None, progress
     with ``tmp_prefix`` (the Glance plugin's conversion child passes
     ``disk-``: the directory is then inside the import's work directory)."""
     options = options or DiskOptions()
+    output_mod.check_replaceable(output)
     progress = progress or (lambda fraction, message: None)
     timings = {}
     t0 = time.monotonic()

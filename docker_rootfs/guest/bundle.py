@@ -44,6 +44,7 @@ import tempfile
 import time
 
 from docker_rootfs import errors
+from docker_rootfs import output as output_mod
 from docker_rootfs.guest import base_image as base_mod
 from docker_rootfs.guest import boot_disk, contract
 from docker_rootfs.guest.tools import run as _run
@@ -189,6 +190,7 @@ def build_bundle(flatten, output, config, digest, created=None, disk_options=Non
     from docker_rootfs.disk import build_disk
     from docker_rootfs.disk.options import DiskOptions
 
+    output_mod.check_replaceable(output)
     check_tools()
     t0 = time.monotonic()
     timings = {}
