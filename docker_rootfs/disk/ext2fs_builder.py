@@ -283,9 +283,7 @@ class Populator:
         one block write (through libext2fs's 8-block cache) each. All-zero
         data stays a hole, as in :meth:`_data_chunks`."""
         n = e.size
-        data = self._pread(e.fd if e.fd >= 0 else fd, n, e.offset)
-        if len(data) != n:
-            raise errors.ArchiveError(f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
+        data = self._read_data(e, e.fd if e.fd >= 0 else fd, n, e.offset)
         inode = self.inode
         if not _hole(data):
             nblk = (n + BLOCK - 1) // BLOCK
@@ -313,6 +311,14 @@ class Populator:
         view.release()
         self._run = bytearray()
 
+    def _read_data(self, e, fd, n, offset):
+        """``n`` bytes of ``e``'s data at ``offset``; a short read means the
+        flattened tar ends inside ``e``."""
+        data = self._pread(fd, n, offset)
+        if len(data) != n:
+            raise errors.ArchiveError(f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
+        return data
+
     def _pread(self, fd, n, offset):
         """``os.pread``; small reads are served from a megabyte read at once
         (entries come in data offset order, so 100k small files cost ~1k
@@ -338,10 +344,7 @@ class Populator:
             done = 0
             while done < length:
                 n = min(CHUNK, length - done)
-                data = self._pread(fd, n, src)
-                if len(data) != n:
-                    raise errors.ArchiveError(
-                        f"flattened tar truncated in {e.path.decode(errors='replace')!r}")
+                data = self._read_data(e, fd, n, src)
                 src += n
                 if not _hole(data):
                     yield off + done, data

@@ -246,6 +246,31 @@ def test_hostile_entries_are_refused(tmp_path, members, exc):
     assert not os.path.exists(tmp_path / "out.qcow2")
 
 
+@pytest.mark.parametrize("size", [3000, 200_000], ids=["small-file-path", "chunked-path"])
+def test_tar_cut_after_the_scan_is_one_archive_error(tmp_path, monkeypatch, size):
+    """The tar shrinks between the scan and the build (it is the builder's
+    only input, but a file can change): the builder's read of a file's data
+    comes up short, and the build fails with one line naming the file, on
+    both data paths, leaving nothing behind."""
+    from docker_rootfs.disk import build as build_mod
+    tar = _tar(tmp_path / "t.tar", [("a", {"data": b"x" * 100}),
+                                    ("big", {"data": os.urandom(size)})])
+    real_scan = build_mod.tarscan.scan
+
+    def scan_then_cut(path, **kwargs):
+        result = real_scan(path, **kwargs)
+        os.truncate(path, 512 * 4 + size // 2)
+        return result
+    monkeypatch.setattr(build_mod.tarscan, "scan", scan_then_cut)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    with pytest.raises(errors.ArchiveError, match=r"^flattened tar truncated in 'big'$"):
+        build_disk(tar, str(tmp_path / "out.qcow2"), DiskOptions(tmp_dir=str(tmpdir)),
+                   digest=DIGEST)
+    assert os.listdir(tmpdir) == []
+    assert sorted(os.listdir(tmp_path)) == ["t.tar", "tmp"]
+
+
 # -- cleanup --------------------------------------------------------------
 
 def test_temporary_space_is_checked_up_front(feature_tar, tmp_path):
