@@ -28,7 +28,7 @@ import struct
 import tarfile
 
 from docker_rootfs import errors
-from docker_rootfs.limits import MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_SYMLINK_HOPS
+from docker_rootfs.limits import MAX_SYMLINK_HOPS, check_device_number
 
 LOG = logging.getLogger(__name__)
 
@@ -76,11 +76,10 @@ class Inode:
             kind = FIFO
         else:
             return None
-        if kind in (CHR, BLK) and not (0 <= m.devmajor <= MAX_DEV_MAJOR and 0 <= m.devminor <= MAX_DEV_MINOR):
+        if kind in (CHR, BLK):
             # GNU base-256 fields hold any number; Linux (and ext4's encoding)
             # 12-bit majors and 20-bit minors (found by the fuzzer, issue 15).
-            raise errors.ArchiveError(f"device {m.name!r} has an invalid number "
-                                      f"{m.devmajor}:{m.devminor}")
+            check_device_number(m)
         xattrs = {k: v for k, v in m.pax_headers.items() if k.startswith(XATTR_PREFIXES)} or None
         return cls(kind, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid, uname=m.uname,
                    gname=m.gname, mtime=m.mtime, size=m.size if kind == REG else 0,

@@ -19,7 +19,7 @@ import tarfile
 
 from docker_rootfs import errors
 from docker_rootfs.archive.layertar import FastTarInfo
-from docker_rootfs.limits import MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_ID
+from docker_rootfs.limits import MAX_ID, check_device_number
 
 # Entry kinds
 REG, DIR, SYMLINK, HARDLINK, CHR, BLK, FIFO = "reg", "dir", "sym", "link", "chr", "blk", "fifo"
@@ -234,10 +234,7 @@ class Scanner:
                 raise errors.UnsafeEntry(
                     f"hard link {m.name!r} names no earlier file: {m.linkname!r}")
         elif kind in (CHR, BLK):
-            if not (0 <= m.devmajor <= MAX_DEV_MAJOR and 0 <= m.devminor <= MAX_DEV_MINOR):
-                # as the flattener refuses them (found by fuzzing the builder)
-                raise errors.ArchiveError(f"device {m.name!r} has an invalid number "
-                                          f"{m.devmajor}:{m.devminor}")
+            check_device_number(m)      # as the flattener (found by fuzzing the builder)
             e.devmajor, e.devminor = m.devmajor, m.devminor
         if kind != HARDLINK:
             e.xattrs = _xattrs(m)
