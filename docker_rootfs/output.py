@@ -30,9 +30,10 @@ def check_replaceable(path, hint=""):
         return
     except OSError as exc:
         raise errors.Docker2VMError(f"output {path}: {exc.strerror}") from None
-    for test, kind in _KINDS:
-        if test(mode):
-            raise errors.Docker2VMError(
-                f"output {path} is a {kind}, not a regular file: docker2vm writes a new "
-                f"file and renames it into place, which would replace the {kind}; "
-                f"give a file path{hint}")
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    raise errors.Docker2VMError(
+        f"output {path} is a {kind}, not a regular file: docker2vm writes a new "
+        f"file and renames it into place, which would replace the {kind}; "
+        f"give a file path{hint}")

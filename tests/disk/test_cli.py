@@ -61,8 +61,8 @@ def _special_outputs(tmp_path):
     directory.mkdir()
     link = tmp_path / "link-to-null"
     link.symlink_to(dev)
-    return {"character device": dev, "FIFO": fifo, "directory": directory,
-            "character device ": link}
+    return [("character device", dev), ("FIFO", fifo), ("directory", directory),
+            ("character device", link)]
 
 
 def test_output_that_is_not_a_regular_file_is_refused_and_kept(fixture_index, tmp_path):
@@ -71,7 +71,7 @@ def test_output_that_is_not_a_regular_file_is_refused_and_kept(fixture_index, tm
     among them) then read what had been written to it. Flatten and convert
     now refuse, in one line, before any work, and leave the path alone."""
     archive = str(_archive(fixture_index))
-    for kind, path in _special_outputs(tmp_path).items():
+    for kind, path in _special_outputs(tmp_path):
         before = os.lstat(path)
         for command in ("flatten", "convert"):
             proc = subprocess.run(DOCKER2VM + [command, "--no-progress", archive, "-o", str(path),
@@ -80,7 +80,7 @@ def test_output_that_is_not_a_regular_file_is_refused_and_kept(fixture_index, tm
                                   capture_output=True, text=True)
             assert proc.returncode == 1, (command, kind, proc.stderr)
             assert proc.stderr.count("\n") == 1, proc.stderr
-            assert f"is a {kind.strip()}, not a regular file" in proc.stderr, proc.stderr
+            assert f"is a {kind}, not a regular file" in proc.stderr, proc.stderr
             after = os.lstat(path)
             assert (after.st_mode, after.st_ino, after.st_rdev) == \
                 (before.st_mode, before.st_ino, before.st_rdev), (command, kind)
