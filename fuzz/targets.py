@@ -473,9 +473,9 @@ def target_layout(data, sandbox):
     convert(sandbox.write_input(build_layout(data)), sandbox)
 
 
-# -- the disk builder's input scan ----------------------------------------------------
+# -- the disk builder: its input scan and the build itself ---------------------------
 
-# The builder's own options: small and quick (e2fsck always on: it is the oracle).
+# Seeds the build's ids (the image digest a real conversion passes).
 BUILD_DIGEST = "sha256:" + "f0" * 32
 
 
@@ -488,6 +488,7 @@ def target_build(data, sandbox):
     from docker_rootfs.disk import build_disk
     tar = sandbox.write_input(fix_checksums(data))
     raw = os.path.join(sandbox.dir, "rootfs.raw")
+    # Small and quick; e2fsck always on: it is the oracle.
     options = DiskOptions(builder="ext2fs", disk_format="raw", fsck=True, tmp_dir=sandbox.tmp,
                           free_space_mib=1, free_space_percent=0, min_size_mib=1)
     try:
