@@ -48,6 +48,10 @@ PASSWORD = "devcloud"          # every user's password (127.0.0.1 only)
 SERVICE_USERS = ("glance", "nova", "placement", "neutron")
 DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron")
 FLAVORS = (("d2v.tiny", 1, 256, 1), ("d2v.small", 1, 512, 2))   # name, vcpus, MiB, GiB
+# How long the API servers keep an idle client connection: well above any
+# client's polling interval (openstacksdk's is 2 s), see Cloud.gunicorn.
+KEEPALIVE_SECONDS = 75
+
 PORTS = {"keystone": 0, "glance": 92, "placement": 78, "nova-api": 74,
          "neutron": 96, "rabbitmq": 72, "rabbitmq-dist": 73, "epmd": 69}
 # Start order; down goes in reverse.
@@ -618,10 +622,19 @@ extension_drivers =
 
     # -- gunicorn services ---------------------------------------------------------
     def gunicorn(self, name, app, port, env, workers=1, threads=8):
-        """gunicorn serving APP (module:callable) through devcloud.wsgi."""
+        """gunicorn serving APP (module:callable) through devcloud.wsgi.
+
+        ``--keep-alive``: gunicorn's default closes a connection idle for
+        2 s, the very interval at which openstacksdk polls (``server delete
+        --wait``, ``wait_for_status``). The server's close then races the
+        client's next request on the reused connection, and the client gets
+        "Remote end closed connection without response" (4-5 of 60 polls
+        here; 0 of 60 with 75 s). Idle connections cost the gthread worker
+        no thread, only a poller entry."""
         cmd = [venv_bin("gunicorn"), "--bind", f"127.0.0.1:{port}",
                "--worker-class", "gthread", "--workers", str(workers),
                "--threads", str(threads), "--timeout", "0", "--graceful-timeout", "10",
+               "--keep-alive", str(KEEPALIVE_SECONDS),
                "--error-logfile", self.path("log", f"{name}.gunicorn.log"),
                # gunicorn 27 would otherwise create ~/.gunicorn/gunicorn.ctl
                "--no-control-socket", "devcloud.wsgi:application"]

@@ -72,6 +72,34 @@ def test_second_up_reuses_what_runs(cloud):
     assert took < 60, f"a second up took {took:.1f}s"
 
 
+def test_api_servers_keep_an_idle_connection_past_the_sdk_poll_interval(cloud):
+    """openstacksdk polls every 2 s on one kept-alive connection (``server
+    delete --wait``). An API server that drops a connection idle for 2 s
+    races that poll, and the CLI fails with "Remote end closed connection
+    without response" (a CI run failed so). Each API server must answer a
+    second request on a connection idle for 3 s."""
+    import http.client
+    import urllib.parse
+    conns = {}
+    for name in ("keystone", "glance", "placement", "neutron", "nova-api"):
+        url = urllib.parse.urlsplit(cloud.cloud.url(name))
+        conns[name] = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    for conn in conns.values():
+        conn.request("GET", "/")
+        conn.getresponse().read()
+    time.sleep(3)
+    dropped = {}
+    for name, conn in conns.items():
+        try:
+            conn.request("GET", "/")
+            conn.getresponse().read()
+        except (http.client.HTTPException, OSError) as e:
+            dropped[name] = repr(e)
+        finally:
+            conn.close()
+    assert not dropped, f"idle connections dropped within 3 s: {dropped}"
+
+
 def test_neutron_answers_nova_port_calls(cloud):
     """Real neutron-server (API only) unless DEVCLOUD_NEUTRON=standin."""
     ports = json.loads(cloud.openstack("port", "list", "-f", "json").stdout)
